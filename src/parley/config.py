@@ -1,0 +1,193 @@
+"""Configuration: one TOML file, validated at start.
+
+Every seed default lives here, with the seed's name for it in a comment. An invalid
+file is refused with the key, the value and the reason (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from parley.domains import normalise_domain, validate_domain
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerSection(_Section):
+    # Seed: "Default Domain" (starts as the machine's DNS domain; `parley init` asks for it).
+    domain: str
+    # Seed: "Address scheme" - userid@default-domain or directory URI (C7).
+    address_scheme: Literal["userid", "directory-uri"] = "userid"
+    data_dir: str = "."
+    name: str = "Parley"
+
+    @field_validator("domain")
+    @classmethod
+    def _domain_ok(cls, v: str) -> str:
+        problems = validate_domain(v)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return normalise_domain(v)
+
+
+class C2SSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(5222, ge=0, le=65535)
+    # XEP-0368 direct TLS; port 0 (here and above) lets the system pick a free port.
+    tls_port: int = Field(5223, ge=0, le=65535)
+    direct_tls: bool = True
+    # TLS required by default; plaintext only for labs and tests.
+    require_tls: bool = True
+    max_stanza_bytes: int = Field(262144, ge=1024)
+    max_depth: int = Field(64, ge=4, le=1024)
+    max_attributes: int = Field(64, ge=4, le=1024)
+    # Seconds a connection may take to authenticate before it is closed.
+    auth_timeout: float = Field(60.0, gt=0)
+    # Seconds of silence before the server pings a client, and how long it waits.
+    ping_interval: float = Field(300.0, gt=0)
+    ping_timeout: float = Field(60.0, gt=0)
+
+
+class TLSSection(_Section):
+    cert: str = "certs/server.pem"
+    key: str = "certs/server.key"
+    # Lowest TLS version accepted (C17: TLS 1.2+ by default).
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class StorageSection(_Section):
+    # sqlite:///relative/or/absolute.db or postgresql://user:pw@host:port/db
+    url: str = "sqlite:///parley.db"
+
+    @field_validator("url")
+    @classmethod
+    def _url_ok(cls, v: str) -> str:
+        if not (v.startswith("sqlite:///") or v.startswith("postgresql://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return v
+
+
+class IMSection(_Section):
+    # Seed: "Enable instant messaging" (cluster-wide), default ON; off also disables group chat.
+    enabled: bool = True
+    # Seed: "Suppress Offline Instant Messaging", default unchecked, i.e. offline storage ON.
+    offline: bool = True
+    max_offline_per_user: int = Field(1000, ge=0)  # 0 = no limit
+    # Seed: "Enable file transfer".
+    file_transfer: bool = True
+    # Seed: "Allow clients to log instant message history" / "Allow cut & paste" (client policy).
+    allow_history_logging: bool = True
+    allow_cut_and_paste: bool = True
+
+
+class PresenceSection(_Section):
+    # Seed: "Enable availability sharing", default ON.
+    sharing: bool = True
+    # Seed: "Maximum contact list size (per user)", default 200; 0 = No Limit.
+    max_contacts: int = Field(200, ge=0)
+    # Seed: "Maximum number of watchers", default 200; 0 = No Limit.
+    max_watchers: int = Field(200, ge=0)
+    # Seed: "Enable ad-hoc presence subscriptions" (no default given; off).
+    adhoc_enabled: bool = False
+    # Seed: "Maximum number of concurrent active ad-hoc subscriptions", 0 = unlimited.
+    adhoc_max: int = Field(0, ge=0)
+    # Seed: "Time-to-live of an ad-hoc subscription (seconds)".
+    adhoc_ttl: int = Field(3600, ge=1)
+    # Seed: presence change throttle, updates per second per user (0 = no throttle).
+    throttle_per_second: float = Field(0.0, ge=0)
+
+
+class SessionsSection(_Section):
+    # Seed: "Maximum number of logon sessions per user" (no default given; 0 = no limit).
+    max_per_user: int = Field(0, ge=0)
+
+
+class AuthorizationSection(_Section):
+    # Seed: "Allow users to view the availability of other users without being prompted
+    # for approval", default ON.
+    auto_approve: bool = True
+    # Seed: user policy "Default policy" allow all / block all.
+    default_policy: Literal["allow", "block"] = "allow"
+
+
+class LoggingSection(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    server: ServerSection
+    c2s: C2SSection = C2SSection()
+    tls: TLSSection = TLSSection()
+    storage: StorageSection = StorageSection()
+    im: IMSection = IMSection()
+    presence: PresenceSection = PresenceSection()
+    sessions: SessionsSection = SessionsSection()
+    authorization: AuthorizationSection = AuthorizationSection()
+    logging: LoggingSection = LoggingSection()
+
+    # Where the file was read from; relative paths in it are relative to this folder.
+    base_dir: Path = Path(".")
+
+    def path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else (self.base_dir / self.server.data_dir / p).resolve()
+
+    def storage_url(self) -> str:
+        url = self.storage.url
+        if url.startswith("sqlite:///"):
+            return "sqlite:///" + str(self.path(url[len("sqlite:///") :]))
+        return url
+
+
+def _describe(errors: list[Any], data: dict[str, Any]) -> list[str]:
+    problems = []
+    for err in errors:
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc)
+        value: Any = data
+        for part in err["loc"]:
+            value = value.get(part) if isinstance(value, dict) else None
+        if err["type"] == "missing":
+            problems.append(f"{key}: missing (required)")
+        elif err["type"] == "extra_forbidden":
+            problems.append(f"{key} = {value!r}: unknown setting")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{key} = {value!r}: {msg}")
+    return problems
+
+
+def from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e.errors(), data)) from None
+    cfg.base_dir = base_dir
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read: {e.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{p}: not valid TOML: {e}"]) from None
+    return from_dict(data, p.parent.resolve())

@@ -1,0 +1,140 @@
+"""The one schema, for SQLite and PostgreSQL alike.
+
+Changes to it go through an Alembic migration in ``migrations/versions``.
+JIDs are stored as their canonical bare string; the owner of a row is always a bare JID.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+domains = Table(
+    "domains",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    # "admin" when an administrator added it; "system" when derived from users' addresses.
+    Column("managed_by", String(16), nullable=False, default="admin"),
+    Column("created_at", Float, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("jid", String(1023), primary_key=True),
+    Column("domain", String(255), nullable=False, index=True),
+    # Seed: per-user "Enable User for Unified CM IM and Presence".
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created_at", Float, nullable=False),
+)
+
+# SCRAM keys per hash; a plain password is never stored.
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("jid", String(1023), nullable=False),
+    Column("mechanism", String(16), nullable=False),
+    Column("salt", LargeBinary, nullable=False),
+    Column("iterations", Integer, nullable=False),
+    Column("stored_key", LargeBinary, nullable=False),
+    Column("server_key", LargeBinary, nullable=False),
+    UniqueConstraint("jid", "mechanism", name="uq_credentials_jid_mech"),
+    ForeignKeyConstraint(["jid"], ["users.jid"], ondelete="CASCADE"),
+)
+
+roster = Table(
+    "roster",
+    metadata,
+    Column("owner", String(1023), nullable=False),
+    Column("contact", String(1023), nullable=False),
+    Column("name", String(1023), nullable=True),
+    # none | to | from | both (RFC 6121 section 2.1.2.5)
+    Column("subscription", String(8), nullable=False, default="none"),
+    # Outbound request pending ("Pending Out").
+    Column("ask", Boolean, nullable=False, default=False),
+    # Inbound request pending ("Pending In"); the request stanza is kept to redeliver.
+    Column("pending_in", Boolean, nullable=False, default=False),
+    Column("pending_in_stanza", Text, nullable=True),
+    # Subscription pre-approval (RFC 6121 section 3.4).
+    Column("approved", Boolean, nullable=False, default=False),
+    # Whether the item is visible in the roster (a bare pending-in record is not).
+    Column("visible", Boolean, nullable=False, default=True),
+    Column("groups", Text, nullable=False, default="[]"),
+    UniqueConstraint("owner", "contact", name="uq_roster_owner_contact"),
+)
+Index("ix_roster_contact", roster.c.contact)
+
+roster_versions = Table(
+    "roster_versions",
+    metadata,
+    Column("owner", String(1023), primary_key=True),
+    Column("version", BigInteger, nullable=False, default=0),
+)
+
+offline_messages = Table(
+    "offline_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("owner", String(1023), nullable=False, index=True),
+    Column("sender", String(3071), nullable=False),
+    Column("stanza", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+vcards = Table(
+    "vcards",
+    metadata,
+    Column("owner", String(1023), primary_key=True),
+    Column("xml", Text, nullable=False),
+)
+
+private_storage = Table(
+    "private_storage",
+    metadata,
+    Column("owner", String(1023), nullable=False),
+    Column("namespace", String(1023), nullable=False),
+    Column("xml", Text, nullable=False),
+    UniqueConstraint("owner", "namespace", name="uq_private_owner_ns"),
+)
+
+# The user's authorization policy: allow and block lists of JIDs or whole domains.
+# The XEP-0191 block list is the "block" list.
+policy_entries = Table(
+    "policy_entries",
+    metadata,
+    Column("owner", String(1023), nullable=False),
+    Column("list", String(8), nullable=False),  # allow | block
+    Column("target", String(3071), nullable=False),
+    UniqueConstraint("owner", "list", "target", name="uq_policy_entry"),
+)
+
+user_settings = Table(
+    "user_settings",
+    metadata,
+    Column("owner", String(1023), primary_key=True),
+    Column("default_policy", String(8), nullable=True),  # allow | block; NULL = server default
+    Column("auto_approve", Boolean, nullable=True),
+)
+
+last_activity = Table(
+    "last_activity",
+    metadata,
+    Column("owner", String(1023), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("status", Text, nullable=True),
+)

@@ -1,0 +1,81 @@
+"""Shared fixtures: a real Parley server on loopback, started in the test's event loop."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parley.accounts import create_user, parse_user_jid
+from parley.certs import self_signed
+from parley.config import from_dict
+from parley.server import Server
+
+DOMAIN = "example.test"
+OTHER_DOMAIN = "other.test"
+
+
+@pytest.fixture(scope="session")
+def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("certs")
+    cert, key = d / "server.pem", d / "server.key"
+    self_signed([DOMAIN, OTHER_DOMAIN, "localhost"], cert, key)
+    return cert, key
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def server_config(tmp_path: Path, cert_pair: tuple[Path, Path], storage_url: str | None = None,
+                  **sections: Any) -> dict[str, Any]:
+    base = {
+        "server": {"domain": DOMAIN, "data_dir": str(tmp_path)},
+        "c2s": {"port": 0, "tls_port": 0},
+        "tls": {"cert": str(cert_pair[0]), "key": str(cert_pair[1])},
+        "storage": {"url": storage_url or f"sqlite:///{tmp_path}/parley.db"},
+    }
+    return _merge(base, sections)
+
+
+ServerFactory = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def make_server(tmp_path: Path, cert_pair: tuple[Path, Path]) -> AsyncIterator[ServerFactory]:
+    started: list[Server] = []
+
+    async def factory(storage_url: str | None = None, **sections: Any) -> Server:
+        data = server_config(tmp_path, cert_pair, storage_url, **sections)
+        srv = Server(from_dict(data, tmp_path))
+        await srv.start()
+        started.append(srv)
+        return srv
+
+    yield factory
+    for srv in reversed(started):
+        await srv.stop()
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> Server:
+    return await make_server()
+
+
+async def add_user(server: Server, jid: str, password: str = "secret") -> str:
+    await create_user(server.repos, parse_user_jid(jid, server.hosts), password)
+    return jid
+
+
+@pytest.fixture
+def cert_path(cert_pair: tuple[Path, Path]) -> Path:
+    return cert_pair[0]
