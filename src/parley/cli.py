@@ -337,6 +337,64 @@ def user_import(obj: Ctx, csv_file: Any, batch: int) -> None:
         sys.exit(1)
 
 
+@user.command("policy")
+@click.argument("jid")
+@click.option("--default", "default", type=click.Choice(["allow", "block", "server"]), default=None,
+              help="The user's default policy (server = the configured default).")
+@click.option("--auto-approve/--no-auto-approve", default=None, help="Approve subscription requests without asking.")
+@click.option("--allow", multiple=True, help="A JID or domain allowed to see the user (repeatable).")
+@click.option("--block", multiple=True, help="A JID or domain that always sees the user unavailable (repeatable).")
+@click.option("--unlist", multiple=True, help="Remove a JID or domain from both lists (repeatable).")
+@click.pass_obj
+def user_policy(obj: Ctx, jid: str, default: str | None, auto_approve: bool | None, allow: tuple[str, ...],
+                block: tuple[str, ...], unlist: tuple[str, ...]) -> None:
+    """Show or change a user's authorization policy (allow and block lists, default)."""
+    from parley.xmpp.jid import JID, InvalidJID
+
+    def entry(value: str) -> str:
+        try:
+            return str(JID.parse(value))
+        except InvalidJID as e:
+            fail(f"{value!r} is not a JID or domain: {e}")
+            raise
+
+    allow_e, block_e, unlist_e = [entry(v) for v in allow], [entry(v) for v in block], [entry(v) for v in unlist]
+
+    async def go(repos: Repos) -> tuple[dict[str, set[str]], str | None, bool | None]:
+        owner = str(parse_user_jid(jid, obj.hosts(await repos.domains.list())))
+        if await repos.users.get(owner) is None:
+            raise NoSuchUser(owner)
+        lists, cur_default, cur_auto = await repos.policy.load(owner)
+        if default is not None or auto_approve is not None:
+            new_default = cur_default if default is None else (None if default == "server" else default)
+            new_auto = cur_auto if auto_approve is None else auto_approve
+            await repos.policy.set_settings(owner, new_default, new_auto)
+        for lst, entries in (("allow", allow_e), ("block", block_e)):
+            if entries:
+                await repos.policy.remove(owner, "block" if lst == "allow" else "allow", entries)
+                await repos.policy.add(owner, lst, entries)
+        if unlist_e:
+            await repos.policy.remove(owner, "allow", unlist_e)
+            await repos.policy.remove(owner, "block", unlist_e)
+        return await repos.policy.load(owner)
+
+    try:
+        lists, cur_default, cur_auto = _run(with_repos(obj.config, go))
+    except AccountError as e:
+        fail(str(e))
+        return
+    except NoSuchUser:
+        fail(f"no such user {jid}")
+        return
+    auth = obj.config.authorization
+    click.echo(f"default policy: {cur_default or auth.default_policy}{'' if cur_default else ' (server default)'}")
+    auto = auth.auto_approve if cur_auto is None else cur_auto
+    click.echo(f"auto-approve: {'on' if auto else 'off'}{'' if cur_auto is not None else ' (server default)'}")
+    click.echo("allow: " + (", ".join(sorted(lists.get("allow", ()))) or "-"))
+    click.echo("block: " + (", ".join(sorted(lists.get("block", ()))) or "-"))
+    click.echo("(a running server applies the change at the user's next sign-in)", err=True)
+
+
 # --- contacts ----------------------------------------------------------------------------------------
 
 

@@ -50,6 +50,12 @@ class PolicyModule(Module):
         self.hooks.add("stanza/in", self._filter, priority=100)
         self.hooks.add(f"iq-get/bare/{NS_BLOCKING}", self._get_blocklist)
         self.hooks.add(f"iq-set/bare/{NS_BLOCKING}", self._set_block)
+        self.server.signals.connect("session-binding", self._first_session)
+
+    async def _first_session(self, session, full) -> None:  # type: ignore[no-untyped-def]
+        # Administrators change policies in the database; a new sign-in picks that up.
+        if not self.router.sessions.resources(session.bare):
+            self.invalidate(session.bare)
 
     async def get(self, owner: str) -> UserPolicy:
         pol = self._cache.get(owner)

@@ -69,6 +69,13 @@ class RosterModule(Module):
         self.server.stream_features.append(Element(q(NS_ROSTERVER, "ver")))
         self.server.stream_features.append(Element(q(NS_PREAPPROVAL, "sub")))
         self.server.signals.connect("user-deleted", self._forget)
+        self.server.signals.connect("session-binding", self._first_session)
+
+    async def _first_session(self, session, full) -> None:  # type: ignore[no-untyped-def]
+        # Bulk tools write rosters in the database; a user's first sign-in reloads it.
+        roster = self._cache.get(session.bare)
+        if roster is not None and not self.router.sessions.resources(session.bare) and not roster.lock.locked():
+            del self._cache[session.bare]
 
     async def _forget(self, bare: str) -> None:
         self._cache.pop(bare, None)
