@@ -3,7 +3,7 @@ from __future__ import annotations
 import random
 import tracemalloc
 from typing import Any
-from xml.etree.ElementTree import Comment, Element, SubElement
+from xml.etree.ElementTree import Comment, Element, QName, SubElement
 
 import pytest
 
@@ -156,7 +156,7 @@ def test_header_bytewise() -> None:
 
 
 def test_stream_header_builder_parses_back() -> None:
-    data = stream_header(from_="example.com", to="a&b'<c>", id_="i\"d", lang="de")
+    data = stream_header(from_="example.com", to="a&b'<c>", id_='i"d', lang="de")
     assert data.startswith(b"<?xml version='1.0'?><stream:stream ")
     (ev,) = feed_all(data)
     assert isinstance(ev, StreamOpen)
@@ -452,13 +452,12 @@ def test_utf8_declaration_accepted_in_any_case() -> None:
         assert isinstance(events[0], StreamOpen)
 
 
-def test_utf16_refused() -> None:
-    utf16 = HEADER.decode().encode("utf-16")
-    assert refuse(utf16).condition in {"unsupported-encoding", "not-well-formed"}
-    assert refuse(HEADER.decode().encode("utf-16-be")).condition in {
-        "unsupported-encoding",
-        "not-well-formed",
-    }
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-16-le", "utf-32"])
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_utf16_and_utf32_refused(codec: str, bytewise: bool) -> None:
+    for text in (HEADER.decode(), HEADER[21:].decode()):
+        err = refuse(text.encode(codec), bytewise=bytewise)
+        assert err.condition in {"unsupported-encoding", "not-well-formed"}
 
 
 # -- well-formedness and namespaces ------------------------------------------
@@ -596,10 +595,14 @@ def test_default_depth_limit() -> None:
 def test_attribute_limit(bytewise: bool) -> None:
     limits = Limits(max_attributes=3)
     feed = feed_bytewise if bytewise else feed_all
-    assert len(stanzas(feed(HEADER + b"<m a='1' b='2' c='3'/>", limits))) == 1
-    nested_ok = HEADER + b"<m><x xmlns:p='u' p:a='1' b='2' c='3'/></m>"
+    header = (
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+    )
+    assert len(stanzas(feed(header + b"<m a='1' b='2' c='3'/>", limits))) == 1
+    # Namespace declarations are not attributes.
+    nested_ok = header + b"<m><x xmlns:p='u' xmlns:q='v' p:a='1' b='2' c='3'/></m>"
     assert len(stanzas(feed(nested_ok, limits))) == 1
-    too_many = HEADER + b"<m><x a='1' b='2' c='3' d='4'/></m>"
+    too_many = header + b"<m><x a='1' b='2' c='3' d='4'/></m>"
     assert refuse(too_many, limits, bytewise=bytewise).condition == "policy-violation"
 
 
@@ -623,6 +626,16 @@ def test_open_tag_limit(bytewise: bool) -> None:
     # Long text after a small start tag is not a long start tag.
     text = HEADER + b"<message><x>" + b"t" * 5000 + b"</x><y/>" + b"u" * 5000 + b"</message>"
     assert len(stanzas(feed_bytewise(text, limits) if bytewise else feed_all(text, limits))) == 1
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_open_tag_limit_checked_at_next_child(bytewise: bool) -> None:
+    limits = Limits(max_open_tag_bytes=1000)
+    feed = feed_bytewise if bytewise else feed_all
+    big = HEADER + b"<message><x a='" + b"v" * 2000 + b"'><y/></x></message>"
+    assert refuse(big, limits, bytewise=bytewise).condition == "policy-violation"
+    text = HEADER + b"<message><x>" + b"t" * 5000 + b"<y/></x></message>"
+    assert len(stanzas(feed(text, limits))) == 1
 
 
 def test_open_tag_limit_on_header() -> None:
@@ -656,6 +669,75 @@ def test_unterminated_comment_outside_stanza_cut_off() -> None:
     assert info.value.condition == "policy-violation"
 
 
+def test_distinct_names_do_not_accumulate() -> None:
+    parser = XMLStreamParser()
+    parser.feed(HEADER)
+    parser.feed(b"".join(b"<n%d xmlns='urn:n%d' a%d='1'/>" % (i, i, i) for i in range(2000)))
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for start in range(2000, 60000, 2000):
+            batch = range(start, start + 2000)
+            parser.feed(b"".join(b"<n%d xmlns='urn:n%d' a%d='1'/>" % (i, i, i) for i in batch))
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 3_000_000
+
+
+def _long_stream() -> bytes:
+    header = (
+        b"<?xml version='1.0'?><s:stream xmlns:s='http://etherx.jabber.org/streams'"
+        b" xmlns='jabber:client' xmlns:foo='urn:foo' to='x'>"
+    )
+    parts = [header]
+    for i in range(6000):
+        parts.append(
+            b"<message id='%d'><foo:u%d foo:a='1'/><body>n%d</body></message> " % (i, i, i)
+        )
+        if i % 1000 == 0:
+            parts.append(b"<message><body>" + b"p" * 100_000 + b"</body></message>")
+        if i % 7 == 0:
+            parts.append(b"<r xmlns='urn:xmpp:sm:3'/>\n")
+    parts.append(b"</s:stream>")
+    return b"".join(parts)
+
+
+def test_long_stream_with_many_names_splits_consistently() -> None:
+    data = _long_stream()
+    expected = summarize(feed_all(data))
+    assert expected[-1] == ("close",)
+    assert len(expected) == 2 + 6000 + 6 + 858
+    bar = expected[-3][1][3][0]
+    assert bar[0] == "{urn:foo}u5999" and bar[1] == {"{urn:foo}a": "1"}
+    rng = random.Random(4)
+    for steps in ((1, 5), (1, 300), (1000, 70_000)):
+        parser = XMLStreamParser()
+        events: list[Event] = []
+        pos = 0
+        while pos < len(data):
+            step = rng.randint(*steps)
+            events += parser.feed(data[pos : pos + step])
+            pos += step
+        assert summarize(events) == expected
+
+
+def test_limits_hold_on_long_streams() -> None:
+    parser = XMLStreamParser(Limits(max_stanza_bytes=2000))
+    parser.feed(HEADER)
+    for i in range(3000):
+        parser.feed(b"<message><u%d/><body>%s</body></message>" % (i, b"x" * 150))
+    parser.feed(b"<message><body>")
+    assert parser.stanza_bytes == len(b"<message><body>")
+    assert refuse_on(parser, b"y" * 3000).condition == "policy-violation"
+
+
+def refuse_on(parser: XMLStreamParser, data: bytes) -> StreamError:
+    with pytest.raises(StreamError) as info:
+        parser.feed(data)
+    return info.value
+
+
 def test_limits_validated() -> None:
     with pytest.raises(ValueError):
         Limits(max_depth=0)
@@ -667,7 +749,9 @@ def test_limits_validated() -> None:
 def test_serialize_simple_stanza() -> None:
     msg = Element(C + "message", {"to": "romeo@example.net", "type": "chat"})
     SubElement(msg, C + "body").text = "hi"
-    assert serialize(msg) == b"<message to='romeo@example.net' type='chat'><body>hi</body></message>"
+    assert (
+        serialize(msg) == b"<message to='romeo@example.net' type='chat'><body>hi</body></message>"
+    )
     assert serialize(Element(C + "presence")) == b"<presence/>"
 
 
@@ -772,8 +856,7 @@ def test_serialize_stream_features() -> None:
 
 def test_stream_error_bytes() -> None:
     assert stream_error("host-unknown") == (
-        b"<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
-        b"</stream:error>"
+        b"<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
     )
     out = stream_error("policy-violation", "stanza <too> big & bad")
     events = feed_all(stream_header(from_="a", to="b", id_="c") + out + STREAM_CLOSE)
@@ -810,6 +893,23 @@ def test_serialize_skips_comments() -> None:
 def test_serialize_refuses_invalid_names(el: Element) -> None:
     with pytest.raises(ValueError):
         serialize(el)
+
+
+def test_serialize_xml_namespace_element() -> None:
+    el = parse_one(b"<message><xml:odd xml:lang='en'/></message>")
+    assert el[0].tag == "{http://www.w3.org/XML/1998/namespace}odd"
+    assert serialize(el) == b"<message><xml:odd xml:lang='en'/></message>"
+    assert struct(round_trip(el)) == struct(el)
+
+
+def test_serialize_qname_tags_and_keys() -> None:
+    el = Element(QName("urn:q", "item"), {QName("urn:a", "k"): "v"})
+    assert struct(round_trip(el)) == ("{urn:q}item", {"{urn:a}k": "v"}, "", [])
+
+
+def test_serialize_refuses_duplicate_output_attributes() -> None:
+    with pytest.raises(ValueError):
+        serialize(Element(C + "m", {"a": "1", "{}a": "2"}))
 
 
 def test_serialize_plain_xml_lang_attribute() -> None:

@@ -8,9 +8,9 @@ subset of XML: no DTDs, entity declarations, comments or processing
 instructions.  All of those are refused rather than skipped, which also
 shuts the door on entity-expansion attacks before expat could expand anything.
 
-Byte positions are absolute offsets into the current stream, the same as
-expat's ``CurrentByteIndex``, so stanza sizes can be measured exactly without
-looking at the bytes again.
+Byte positions are offsets into the input of the current expat parser, the
+same as expat's ``CurrentByteIndex``, so stanza sizes can be measured exactly
+without scanning the bytes in Python.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Final, NoReturn
-from xml.etree.ElementTree import Element, SubElement, TreeBuilder
+from xml.etree.ElementTree import (
+    Comment,
+    Element,
+    ProcessingInstruction,
+    QName,
+    SubElement,
+    TreeBuilder,
+)
 from xml.parsers import expat
 
 __all__ = [
@@ -120,6 +127,10 @@ _START_TAG_RE: Final = re.compile(rb"""<[^'">]*(?:(?:'[^']*'|"[^"]*")[^'">]*)*>"
 # therefore how much tree it can build, before the checks between slices fire.
 _MAX_SLICE: Final = 65536
 _MIN_SLICE: Final = 4096
+# Thresholds for moving a stream to a fresh expat parser (see _rotate): the
+# distinct names seen, or the input parsed, since the last move.
+_INTERN_MAX: Final = 4096
+_ROTATE_BYTES: Final = 262144
 
 _ERR = expat.errors
 
@@ -160,6 +171,10 @@ class _Closed(Exception):
     """Unwinds expat once the stream's closing tag has been parsed."""
 
 
+class _Rotate(Exception):
+    """Unwinds expat after a stanza so the stream moves to a fresh parser."""
+
+
 def _refuse(what: str) -> StreamError:
     return StreamError("restricted-xml", f"{what} not allowed in XMPP")
 
@@ -194,6 +209,11 @@ class XMLStreamParser:
         "_tb",
         "_default_ns",
         "_closed",
+        "_intern",
+        "_header",
+        "_replaying",
+        "_rotated_at",
+        "_resume_at",
     )
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -226,14 +246,16 @@ class XMLStreamParser:
             return []
         if not isinstance(data, bytes):
             data = bytes(data)
-        if self._fed == 0:
-            # Tolerate whitespace keepalives straddling a stream restart; the
-            # XML declaration would otherwise be rejected as misplaced.
-            data = data.lstrip(_WS_BYTES)
-            if not data:
-                return []
-            if data[0] in (0xFE, 0xFF):
-                # Expat honours a UTF-16 byte order mark even when told UTF-8.
+        if self._fed < 4:
+            if self._fed == 0:
+                # Tolerate whitespace keepalives straddling a stream restart;
+                # the XML declaration would otherwise be rejected as misplaced.
+                data = data.lstrip(_WS_BYTES)
+                if not data:
+                    return []
+            # Expat sniffs UTF-16 from a byte order mark or from NUL bytes in
+            # the first few bytes even when told the input is UTF-8.
+            if (self._fed == 0 and data[0] in (0xFE, 0xFF)) or 0 in data[: 4 - self._fed]:
                 self._fail(StreamError("unsupported-encoding", "only UTF-8 is supported"))
         events: list[Event] = []
         self._events = events
@@ -256,7 +278,33 @@ class XMLStreamParser:
 
     def _start_stream(self) -> None:
         # Expat parsers cannot be rewound, so every stream gets a new one.
-        p = expat.ParserCreate(encoding="UTF-8", namespace_separator=_SEP)
+        self._new_expat()
+        self._events: list[Event] = []
+        self._fed = 0
+        self._chunk = b""
+        self._chunk_base = 0
+        # Bytes of an unfinished token (or unverified start tag) from earlier
+        # feeds, so a tag split across feeds can still be measured.
+        self._carry = bytearray()
+        self._carry_base = 0
+        self._depth = 0
+        self._stanza_start = -1
+        self._stanza_empty = False
+        # Start of the latest nested start tag whose size is not yet bounded.
+        self._tag_at = -1
+        self._tb = TreeBuilder()
+        self._default_ns = ""
+        self._closed = False
+        # The raw stream header, replayed into a fresh expat parser to
+        # continue the same stream (see _rotate).
+        self._header: bytes | None = None
+        self._replaying = False
+        self._rotated_at = 0
+        self._resume_at = 0
+
+    def _new_expat(self) -> None:
+        self._intern: dict[str, str] = {}
+        p = expat.ParserCreate(encoding="UTF-8", namespace_separator=_SEP, intern=self._intern)
         p.buffer_text = True
         p.ordered_attributes = False
         p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
@@ -281,22 +329,6 @@ class XMLStreamParser:
         p.CommentHandler = self._on_comment
         p.ProcessingInstructionHandler = self._on_pi
         self._p = p
-        self._events: list[Event] = []
-        self._fed = 0
-        self._chunk = b""
-        self._chunk_base = 0
-        # Bytes of an unfinished token (or unverified start tag) from earlier
-        # feeds, so a tag split across feeds can still be measured.
-        self._carry = bytearray()
-        self._carry_base = 0
-        self._depth = 0
-        self._stanza_start = -1
-        self._stanza_empty = False
-        # Start of the latest nested start tag whose size is not yet bounded.
-        self._tag_at = -1
-        self._tb = TreeBuilder()
-        self._default_ns = ""
-        self._closed = False
 
     def _fail(self, exc: StreamError) -> NoReturn:
         self._error = exc
@@ -304,14 +336,52 @@ class XMLStreamParser:
         self._carry = bytearray()
         raise exc
 
+    def _rotate(self) -> None:
+        """Continue the stream in a new expat parser.
+
+        Expat remembers every distinct element name, attribute name and
+        namespace prefix for the parser's lifetime, so a long stream of
+        ever-new names would grow without bound.  Between stanzas the only
+        context a stanza depends on is the stream header's namespace
+        declarations, which replaying the raw header restores.  Byte
+        positions restart in the new parser's coordinates.
+        """
+        header = self._header
+        assert header is not None
+        self._new_expat()
+        self._depth = 0
+        self._replaying = True
+        try:
+            self._p.Parse(header, False)
+        finally:
+            self._replaying = False
+        n = len(header)
+        self._fed = n
+        self._chunk = b""
+        self._chunk_base = n
+        self._carry.clear()
+        self._carry_base = n
+        self._rotated_at = n
+
     def _parse(self, chunk: bytes) -> None:
-        base = self._fed
-        fed = base + len(chunk)
-        self._chunk = chunk
-        self._chunk_base = base
-        self._fed = fed
-        p = self._p
-        p.Parse(chunk, False)
+        while True:
+            base = self._fed
+            fed = base + len(chunk)
+            self._chunk = chunk
+            self._chunk_base = base
+            self._fed = fed
+            p = self._p
+            try:
+                p.Parse(chunk, False)
+            except _Rotate:
+                # Expat stopped right after a stanza; the rest of the chunk is
+                # parsed again by the replacement parser.
+                chunk = chunk[self._resume_at - base :]
+                self._rotate()
+                if not chunk:
+                    return
+                continue
+            break
         # After Parse, expat's index sits at the start of the token it could
         # not finish yet, so everything after it is buffered inside expat.
         pending = p.CurrentByteIndex
@@ -340,18 +410,20 @@ class XMLStreamParser:
             carry += chunk
         self._carry_base = keep
 
-    def _measure(self, pos: int) -> tuple[int, bool]:
-        """Length of the complete start tag at ``pos`` and whether it is empty."""
+    def _input_from(self, pos: int) -> tuple[bytes, int]:
+        """A buffer and offset holding the input from ``pos`` onwards."""
         base = self._chunk_base
         if pos >= base:
-            buf: bytes = self._chunk
-            off = pos - base
-        else:
-            skip = pos - self._carry_base
-            if skip < 0:
-                return -1, False
-            buf = bytes(self._carry[skip:]) + self._chunk[: self._max_tag + 1]
-            off = 0
+            return self._chunk, pos - base
+        skip = pos - self._carry_base
+        if skip < 0:
+            return b"", 0
+        # Only ever needed for one tag, so the chunk's tail is not copied.
+        return bytes(self._carry[skip:]) + self._chunk[: self._max_tag + 1], 0
+
+    def _measure(self, pos: int) -> tuple[int, bool]:
+        """Length of the complete start tag at ``pos`` and whether it is empty."""
+        buf, off = self._input_from(pos)
         m = _START_TAG_RE.match(buf, off)
         if m is None:
             return -1, False
@@ -402,12 +474,17 @@ class XMLStreamParser:
             self._open_stream(idx, name, attrs)
 
     def _open_stream(self, idx: int, name: str, attrs: dict[str, str]) -> None:
-        self._measure(idx)
-        if name != _STREAM_TAG:
-            raise StreamError("invalid-namespace", f"expected {_STREAM_TAG}, got {name}")
         # Only the header's own declarations matter; skip the callback for
         # every namespace declared inside stanzas.
         self._p.StartNamespaceDeclHandler = None
+        if self._replaying:
+            return
+        length, _ = self._measure(idx)
+        if name != _STREAM_TAG:
+            raise StreamError("invalid-namespace", f"expected {_STREAM_TAG}, got {name}")
+        if length > 0:
+            buf, off = self._input_from(idx)
+            self._header = bytes(buf[off : off + length])
         self._events.append(StreamOpen(attrs=attrs, default_ns=self._default_ns))
 
     def _on_end(self, name: str) -> None:
@@ -423,18 +500,26 @@ class XMLStreamParser:
             tb.end("{" + name if _SEP in name else name)
         elif depth == 2:
             idx = self._p.CurrentByteIndex
+            base = self._chunk_base
             if self._stanza_empty:
                 # For <x/> expat reports the end event after the whole tag.
                 end = idx
             else:
-                base = self._chunk_base
                 gt = self._chunk.find(b">", idx - base if idx > base else 0)
-                end = base + gt + 1 if gt >= 0 else idx
-            if end - self._stanza_start > self._max_stanza:
+                # -1 (end unknown) also rules out moving to a new parser below.
+                end = base + gt + 1 if gt >= 0 else -1
+            if (end if end >= 0 else idx) - self._stanza_start > self._max_stanza:
                 raise StreamError("policy-violation", f"stanza exceeds {self._max_stanza} bytes")
             tb.end("{" + name if _SEP in name else name)
             self._events.append(StanzaEvent(tb.close()))
             self._stanza_start = -1
+            if (
+                self._header is not None
+                and end > base
+                and (end - self._rotated_at > _ROTATE_BYTES or len(self._intern) > _INTERN_MAX)
+            ):
+                self._resume_at = end
+                raise _Rotate
         else:
             self._events.append(StreamClose())
             self._closed = True
@@ -543,7 +628,11 @@ def _esc_attr(s: str) -> str:
     )
 
 
-def _split(name: str) -> tuple[str | None, str]:
+def _split(name: str | QName) -> tuple[str | None, str]:
+    if not isinstance(name, str):
+        if not isinstance(name, QName):
+            raise TypeError(f"cannot serialize name {name!r}")
+        name = name.text
     if name[:1] == "{":
         # Local names cannot contain '}', so the last one ends the namespace.
         i = name.rfind("}")
@@ -552,9 +641,7 @@ def _split(name: str) -> tuple[str | None, str]:
     return None, name
 
 
-def _write(
-    el: Element, default_ns: str, prefixes: dict[str, str], out: list[str]
-) -> None:
+def _write(el: Element, default_ns: str, prefixes: dict[str, str], out: list[str]) -> None:
     uri, local = _split(el.tag)
     _check_name(local)
     decls = ""
@@ -592,6 +679,8 @@ def _write(
             else:
                 _check_name(alocal)
                 if not auri:
+                    if alocal in attrib:
+                        raise ValueError(f"attribute {alocal!r} given twice")
                     aname = alocal
                 elif auri == XML_NS:
                     aname = "xml:" + alocal
@@ -618,9 +707,9 @@ def _write(
     if text:
         out.append(_esc_text(text))
     for child in el:
-        # Comments and processing instructions have non-string tags; XMPP
-        # forbids them, so only their tails survive.
-        if isinstance(child.tag, str):
+        # XMPP forbids comments and processing instructions, so only their
+        # tails survive.
+        if child.tag is not Comment and child.tag is not ProcessingInstruction:
             _write(child, default_ns, prefixes, out)
         tail = child.tail
         if tail:
@@ -641,7 +730,7 @@ def serialize(el: Element, ns: str = "jabber:client") -> bytes:
     instructions inside the tree are left out.  Invalid names raise
     ValueError.  Output is UTF-8.
     """
-    if not isinstance(el.tag, str):
+    if el.tag is Comment or el.tag is ProcessingInstruction:
         raise TypeError("only elements can be serialized")
     out: list[str] = []
     _write(el, ns, {}, out)
