@@ -67,11 +67,13 @@ async def slix(server: Server, jid: str, password: str = "secret", *, plugins: I
 
 
 async def close_all(*clients: slixmpp.ClientXMPP) -> None:
+    # slixmpp replaces `disconnected` once it resolves: take the futures first.
+    waits = [c.disconnected for c in clients]
     for c in clients:
         c.disconnect()
-    for c in clients:
+    for c, fut in zip(clients, waits, strict=True):
         try:
-            await asyncio.wait_for(c.disconnected, 5)
+            await asyncio.wait_for(asyncio.shield(fut), 5)
         except (TimeoutError, asyncio.CancelledError):
             c.abort()
 

@@ -69,6 +69,10 @@ class ExtendedInfo:
         return out
 
 
+# identities, features and XEP-0128 forms of one entity
+ServerInfo = tuple[list[Identity], list[str], list[ExtendedInfo]]
+
+
 def _flag(value: bool) -> tuple[str, ...]:
     return ("true",) if value else ("false",)
 
@@ -126,9 +130,12 @@ class Disco(Module):
                     identities.append(ident)
         return identities, sorted(features)
 
-    def server_info(self) -> tuple[list[Identity], list[str], list[ExtendedInfo]]:
+    def server_info(self) -> ServerInfo:
+        # The language is stated, not left to inherit from the stream: clients that apply
+        # XML inheritance would otherwise hash "en" (or the stream's language) where the
+        # others hash nothing, and half of them would reject the caps string.
         identities, features = self._collect(
-            "server_features", "server_identities", Identity("server", "im", "", self.config.server.name)
+            "server_features", "server_identities", Identity("server", "im", "en", self.config.server.name)
         )
         im = self.config.im
         forms = [
@@ -147,7 +154,8 @@ class Disco(Module):
     def account_info(self) -> tuple[list[Identity], list[str]]:
         return self._collect("account_features", "account_identities", Identity("account", "registered"))
 
-    def refresh_caps(self, info: tuple[list[Identity], list[str], list[ExtendedInfo]] | None = None) -> str:
+    def refresh_caps(self, info: ServerInfo | None = None) -> str:
+        """Recompute the server's caps string and put it in the stream feature."""
         identities, features, forms = info or self.server_info()
         ver = caps_ver(identities, features, [f.hashed() for f in forms], CAPS_HASH)
         self.caps.set("ver", ver)
