@@ -14,6 +14,8 @@ from parley.certs import self_signed
 from parley.config import from_dict
 from parley.server import Server
 
+pytest_plugins = ["tests.pg_fixtures"]
+
 DOMAIN = "example.test"
 OTHER_DOMAIN = "other.test"
 

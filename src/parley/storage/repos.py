@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from parley.storage import schema as t
 from parley.storage.db import Database
@@ -40,11 +41,18 @@ class UserRepo:
             exists = await c.scalar(sa.select(t.users.c.jid).where(t.users.c.jid == jid))
             if exists:
                 raise UserExists(jid)
-            await c.execute(t.users.insert().values(jid=jid, domain=domain, enabled=True, created_at=time.time()))
+            try:
+                await c.execute(t.users.insert().values(jid=jid, domain=domain, enabled=True, created_at=time.time()))
+            except sa.exc.IntegrityError:
+                # Another writer created the account between the check and the insert.
+                raise UserExists(jid) from None
             await c.execute(t.credentials.insert(), _cred_rows(jid, creds))
 
     async def add_many(self, rows: Sequence[tuple[str, str, dict[str, ScramCredentials]]]) -> None:
         """Insert users in one transaction: all of them or none."""
+        if not rows:
+            # An empty executemany would run as one INSERT of defaults and fail on users.jid.
+            return
         now = time.time()
         async with self.db.begin() as c:
             await c.execute(
@@ -185,6 +193,25 @@ class RosterRepo:
             }
         return int(ver or 0), items
 
+    async def all_items(self, owners: Sequence[str] | None = None) -> list[tuple[str, RosterItem]]:
+        """(owner, item) for every stored item, hidden ones included, of the given owners (all
+        owners when None), ordered by owner then contact. Bulk tools read many rosters at once
+        with it instead of one ``load`` per user."""
+        base = sa.select(t.roster).order_by(t.roster.c.owner, t.roster.c.contact)
+        queries = [base]
+        if owners is not None:
+            wanted = sorted(set(owners))
+            # Bounded IN lists: some databases cap the number of bound parameters.
+            queries = [base.where(t.roster.c.owner.in_(wanted[i : i + 500])) for i in range(0, len(wanted), 500)]
+        out: list[tuple[str, RosterItem]] = []
+        async with self.db.connect() as c:
+            for q in queries:
+                for r in await c.execute(q):
+                    out.append((r.owner, RosterItem(r.contact, r.name, r.subscription, r.ask, r.pending_in,
+                                                    r.pending_in_stanza, r.approved, r.visible,
+                                                    json.loads(r.groups))))
+        return out
+
     async def save(self, owner: str, items: Sequence[RosterItem], removed: Sequence[str] = ()) -> int:
         """Write items (insert or replace) and removals; returns the new roster version."""
         async with self.db.begin() as c:
@@ -213,12 +240,17 @@ class RosterRepo:
 
 
 async def _bump_version(c: sa.ext.asyncio.AsyncConnection, owner: str) -> int:
+    # One insert-or-increment statement: a read then a write would let concurrent saves (on
+    # PostgreSQL's READ COMMITTED) read the same version and hand it out twice.
+    insert = postgresql.insert if c.dialect.name == "postgresql" else sqlite.insert
+    await c.execute(
+        insert(t.roster_versions)
+        .values(owner=owner, version=1)
+        .on_conflict_do_update(index_elements=[t.roster_versions.c.owner],
+                               set_={"version": t.roster_versions.c.version + 1})
+    )
     ver = await c.scalar(sa.select(t.roster_versions.c.version).where(t.roster_versions.c.owner == owner))
-    if ver is None:
-        await c.execute(t.roster_versions.insert().values(owner=owner, version=1))
-        return 1
-    await c.execute(t.roster_versions.update().where(t.roster_versions.c.owner == owner).values(version=ver + 1))
-    return int(ver) + 1
+    return int(ver)
 
 
 @dataclass
