@@ -140,11 +140,14 @@ class DomainRepo:
 
     async def add(self, name: str, managed_by: str = "admin") -> bool:
         """False when the domain is already there."""
-        async with self.db.begin() as c:
-            if await c.scalar(sa.select(t.domains.c.name).where(t.domains.c.name == name)):
-                return False
-            await c.execute(t.domains.insert().values(name=name, managed_by=managed_by, created_at=time.time()))
-            return True
+        try:
+            async with self.db.begin() as c:
+                if await c.scalar(sa.select(t.domains.c.name).where(t.domains.c.name == name)):
+                    return False
+                await c.execute(t.domains.insert().values(name=name, managed_by=managed_by, created_at=time.time()))
+                return True
+        except sa.exc.IntegrityError:
+            return False  # added by someone else meanwhile
 
     async def delete(self, name: str) -> bool:
         async with self.db.begin() as c:
@@ -358,6 +361,14 @@ class PolicyRepo:
         return lists, (row.default_policy if row else None), (row.auto_approve if row else None)
 
     async def add(self, owner: str, list_name: str, targets: Iterable[str]) -> None:
+        targets = list(targets)
+        try:
+            await self._add(owner, list_name, targets)
+        except sa.exc.IntegrityError:
+            # A concurrent add of the same entry; the second pass finds it and skips it.
+            await self._add(owner, list_name, targets)
+
+    async def _add(self, owner: str, list_name: str, targets: list[str]) -> None:
         async with self.db.begin() as c:
             for target in targets:
                 exists = await c.scalar(
