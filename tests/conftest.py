@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from parley.accounts import create_user, parse_user_jid
 from parley.certs import self_signed
@@ -18,6 +20,12 @@ pytest_plugins = ["tests.pg_fixtures"]
 
 DOMAIN = "example.test"
 OTHER_DOMAIN = "other.test"
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    # The server runs on uvloop in production; the tests run it there too.
+    return uvloop.EventLoopPolicy()
 
 
 @pytest.fixture(scope="session")
