@@ -464,7 +464,7 @@ class C2SConnection(asyncio.Protocol):
             # The newest session wins the resource; the old one is told why it goes.
             old.bound = False  # type: ignore[attr-defined]
             old.close("conflict", "replaced by a new session with the same resource")
-            await self.server.session_closed(old)
+            await self.server.signals.emit("session-closed", old)
         self.bound = True
         if self.auth_timer:
             self.auth_timer.cancel()

@@ -27,6 +27,7 @@ class MessageModule(Module):
         self.hooks.add("message/full", self._on_full)
         self.hooks.add("message/host", self._on_host)
         self.server.signals.connect("session-closed", self._session_closed)
+        self.server.signals.connect("presence-unavailable", self._session_closed)
 
     async def _session_closed(self, session: Session) -> None:
         resource = session.jid.resource

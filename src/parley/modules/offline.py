@@ -27,6 +27,9 @@ NS_DELAY = "urn:xmpp:delay"
 NS_OFFLINE = "http://jabber.org/protocol/offline"
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 NS_HINTS = "urn:xmpp:hints"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+NS_DATA = "jabber:x:data"
 # Payloads that carry nothing a person would miss when they come back.
 _TRANSIENT = {NS_CHATSTATES}
 
@@ -62,6 +65,47 @@ class OfflineModule(Module):
         self.server.signals.connect("initial-presence", self._flush)
         self.hooks.add(f"iq-get/bare/{NS_OFFLINE}", self._flexible)
         self.hooks.add(f"iq-set/bare/{NS_OFFLINE}", self._flexible)
+        self.hooks.add(f"iq-get/bare/{NS_DISCO_INFO}", self._node_info, priority=10)
+        self.hooks.add(f"iq-get/bare/{NS_DISCO_ITEMS}", self._node_items, priority=10)
+
+    def _own_node(self, ctx: Routed) -> bool:
+        return ctx.stanza[0].get("node") == NS_OFFLINE
+
+    async def _node_info(self, ctx: Routed) -> bool:
+        """XEP-0013 2.2: the number of stored messages, on the offline node."""
+        if not self._own_node(ctx):
+            return False
+        if ctx.origin is None or str(ctx.to) != ctx.origin.bare:
+            self.router.bounce(ctx.stanza, "forbidden", None, ctx.origin)
+            return True
+        query = Element(q(NS_DISCO_INFO, "query"), {"node": NS_OFFLINE})
+        SubElement(query, q(NS_DISCO_INFO, "identity"), {"category": "automation", "type": "message-list"})
+        SubElement(query, q(NS_DISCO_INFO, "feature"), {"var": NS_OFFLINE})
+        form = SubElement(query, q(NS_DATA, "x"), {"type": "result"})
+        ft = SubElement(form, q(NS_DATA, "field"), {"var": "FORM_TYPE", "type": "hidden"})
+        SubElement(ft, q(NS_DATA, "value")).text = NS_OFFLINE
+        count = SubElement(form, q(NS_DATA, "field"), {"var": "number_of_messages"})
+        SubElement(count, q(NS_DATA, "value")).text = str(await self.repos.offline.count(ctx.origin.bare))
+        res = iq_result(ctx.stanza, query)
+        res.attrib.pop("from", None)
+        ctx.origin.send(res)
+        return True
+
+    async def _node_items(self, ctx: Routed) -> bool:
+        """XEP-0013 2.3: one item per stored message, named by its sender."""
+        if not self._own_node(ctx):
+            return False
+        if ctx.origin is None or str(ctx.to) != ctx.origin.bare:
+            self.router.bounce(ctx.stanza, "forbidden", None, ctx.origin)
+            return True
+        ctx.origin.flexible_offline = True  # type: ignore[attr-defined]
+        query = Element(q(NS_DISCO_ITEMS, "query"), {"node": NS_OFFLINE})
+        for node, sender in await self.headers(ctx.origin.bare):
+            SubElement(query, q(NS_DISCO_ITEMS, "item"), {"jid": ctx.origin.bare, "node": node, "name": sender})
+        res = iq_result(ctx.stanza, query)
+        res.attrib.pop("from", None)
+        ctx.origin.send(res)
+        return True
 
     async def store(self, ctx: Routed) -> bool:
         """Keep a message for an offline user; False means the sender must get an error."""

@@ -114,8 +114,9 @@ class PolicyModule(Module):
         # Inbound: nothing from a blocked entity reaches the user; they see the user unavailable.
         if ctx.to.local is not None and str(ctx.frm.bare) != str(ctx.to.bare):
             owner = str(ctx.to.bare)
-            if ctx.kind == "presence" and ctx.type in ("subscribed", "unsubscribe", "unsubscribed"):
-                return False
+            if ctx.kind == "presence" and ctx.type in ("subscribe", "subscribed", "unsubscribe", "unsubscribed"):
+                # Under block-all a stranger may still ask; only the block list silences them.
+                return ctx.type == "subscribe" and await self.is_blocked(owner, ctx.frm)
             if not await self._allowed(owner, ctx.frm):
                 if ctx.kind in ("message", "iq") and ctx.type in ("normal", "chat", "headline", "get", "set"):
                     self.router.bounce(ctx.stanza, "service-unavailable", None, ctx.origin)

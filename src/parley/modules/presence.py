@@ -125,12 +125,13 @@ class PresenceModule(Module):
                 await self._to_contact(me, contact, stanza)
             for watcher in self._adhoc_watchers(session.bare):
                 self._deliver_full(watcher, stanza)
-        # The user's own other resources always see the change.
+        # The user's own resources always see the change, the sender included (RFC 6121 4.2.2).
         data = serialize(stanza)
         for other in self.router.sessions.of(session.bare):
-            if other is not session and other.available:
+            if other.available or other is session:
                 other.send_bytes(data)
         if not available:
+            await self.server.signals.emit("presence-unavailable", session)
             for target in getattr(session, "directed", set()):
                 await self._deliver(JID.parse(target), stanza)
             getattr(session, "directed", set()).clear()

@@ -190,7 +190,7 @@ class RosterModule(Module):
         groups = [(g.text or "").strip() for g in el.findall(q(NS_ROSTER, "group"))]
         problem = _check_item(name, groups)
         if problem:
-            origin.send(error_reply(ctx.stanza, "not-acceptable", problem))
+            origin.send(error_reply(ctx.stanza, *problem))
             return True
         async with roster.lock:
             existing = roster.get(contact_s)
@@ -258,18 +258,19 @@ def _own_result(iq: Element, *payload: Element) -> Element:
     return res
 
 
-def _check_item(name: str | None, groups: list[str]) -> str | None:
+def _check_item(name: str | None, groups: list[str]) -> tuple[str, str] | None:
+    """(condition, text) when the item is refused (RFC 6121 2.3.3)."""
     if name is not None and len(name) > MAX_NAME:
-        return f"the name is longer than {MAX_NAME} characters"
+        return "not-acceptable", f"the name is longer than {MAX_NAME} characters"
     if len(groups) > MAX_GROUPS:
-        return f"at most {MAX_GROUPS} groups per contact"
+        return "not-acceptable", f"at most {MAX_GROUPS} groups per contact"
     for g in groups:
         if not g:
-            return "a group name must not be empty"
+            return "not-acceptable", "a group name must not be empty"
         if len(g) > MAX_NAME:
-            return f"a group name is longer than {MAX_NAME} characters"
+            return "not-acceptable", f"a group name is longer than {MAX_NAME} characters"
     if len(set(groups)) != len(groups):
-        return "a group is named twice"
+        return "bad-request", "a group is named twice"
     return None
 
 
