@@ -357,6 +357,11 @@ class PresenceModule(Module):
                         ctx.origin.send(error_reply(ctx.stanza, "resource-constraint",
                                                     f"you have the most watchers allowed ({self.config.presence.max_watchers})"))
                         return False
+                    if not item.visible:
+                        refusal = await self.roster.refuse_new_contact(str(user), contact)
+                        if refusal:
+                            ctx.origin.send(error_reply(ctx.stanza, "resource-constraint", refusal, type_="wait"))
+                            return False
                     sub = {"none": "from", "to": "both"}[item.subscription]
                     await self.roster.update(roster, [replace(item, subscription=sub, pending_in=False,
                                                               pending_in_stanza=None, visible=True)])
