@@ -78,6 +78,7 @@ class OfflineModule(Module):
         if ctx.origin is None or str(ctx.to) != ctx.origin.bare:
             self.router.bounce(ctx.stanza, "forbidden", None, ctx.origin)
             return True
+        ctx.origin.flexible_offline = True  # type: ignore[attr-defined]
         query = Element(q(NS_DISCO_INFO, "query"), {"node": NS_OFFLINE})
         SubElement(query, q(NS_DISCO_INFO, "identity"), {"category": "automation", "type": "message-list"})
         SubElement(query, q(NS_DISCO_INFO, "feature"), {"var": NS_OFFLINE})
@@ -127,7 +128,10 @@ class OfflineModule(Module):
         return ok
 
     async def _flush(self, session: Session) -> None:
-        if session.priority < 0 or getattr(session, "flexible_offline", False):
+        if session.priority < 0:
+            return
+        # While any resource retrieves by XEP-0013, no resource is flooded (XEP-0013 2.2).
+        if any(getattr(s, "flexible_offline", False) for s in self.router.sessions.of(session.bare)):
             return
         msgs = await self.repos.offline.fetch(session.bare)
         if not msgs:
