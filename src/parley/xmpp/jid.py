@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import precis_i18n
@@ -231,6 +231,15 @@ class JID:
     local: str | None
     domain: str
     resource: str | None
+    # The router asks for the text and the bare JID of the same JIDs many times per stanza.
+    _text: str = field(init=False, repr=False, compare=False, hash=False, default="")
+    _bare: JID | None = field(init=False, repr=False, compare=False, hash=False, default=None)
+
+    def __post_init__(self) -> None:
+        text = self.domain if self.local is None else f"{self.local}@{self.domain}"
+        if self.resource is not None:
+            text = f"{text}/{self.resource}"
+        object.__setattr__(self, "_text", text)
 
     @classmethod
     def parse(cls, s: str) -> JID:
@@ -250,7 +259,11 @@ class JID:
     def bare(self) -> JID:
         if self.resource is None:
             return self
-        return JID(self.local, self.domain, None)
+        b = self._bare
+        if b is None:
+            b = JID(self.local, self.domain, None)
+            object.__setattr__(self, "_bare", b)
+        return b
 
     @property
     def is_bare(self) -> bool:
@@ -260,8 +273,7 @@ class JID:
         return JID(self.local, self.domain, _prep_resource(resource))
 
     def __str__(self) -> str:
-        text = self.domain if self.local is None else f"{self.local}@{self.domain}"
-        return text if self.resource is None else f"{text}/{self.resource}"
+        return self._text
 
 
 _ESCAPES = {
