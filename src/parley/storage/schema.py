@@ -138,3 +138,99 @@ last_activity = Table(
     Column("at", Float, nullable=False),
     Column("status", Text, nullable=True),
 )
+
+# --- modern clients (archive, PEP/pubsub, push, privacy lists) -------------------------------
+
+# Message archive (XEP-0313) for users and rooms; `owner` is the archive's bare JID.
+archive = Table(
+    "archive",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("owner", String(1023), nullable=False),
+    Column("stanza_id", String(64), nullable=False),
+    Column("peer", String(3071), nullable=False),  # bare JID of the other party
+    Column("ts", Float, nullable=False),
+    Column("stanza", Text, nullable=False),
+    UniqueConstraint("owner", "stanza_id", name="uq_archive_owner_sid"),
+)
+Index("ix_archive_owner_ts", archive.c.owner, archive.c.ts)
+Index("ix_archive_owner_peer_ts", archive.c.owner, archive.c.peer, archive.c.ts)
+
+archive_prefs = Table(
+    "archive_prefs",
+    metadata,
+    Column("owner", String(1023), primary_key=True),
+    Column("default_mode", String(8), nullable=False, default="always"),  # always | never | roster
+    Column("always", Text, nullable=False, default="[]"),
+    Column("never", Text, nullable=False, default="[]"),
+)
+
+# Publish-subscribe nodes: PEP (service = the user's bare JID) and the pubsub service.
+pubsub_nodes = Table(
+    "pubsub_nodes",
+    metadata,
+    Column("service", String(1023), nullable=False),
+    Column("node", String(1023), nullable=False),
+    Column("owner", String(1023), nullable=False),
+    Column("config", Text, nullable=False, default="{}"),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("service", "node", name="uq_pubsub_node"),
+)
+
+pubsub_items = Table(
+    "pubsub_items",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(1023), nullable=False),
+    Column("node", String(1023), nullable=False),
+    Column("item_id", String(1023), nullable=False),
+    Column("publisher", String(3071), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("ts", Float, nullable=False),
+    UniqueConstraint("service", "node", "item_id", name="uq_pubsub_item"),
+)
+Index("ix_pubsub_items_node", pubsub_items.c.service, pubsub_items.c.node, pubsub_items.c.ts)
+
+pubsub_subscriptions = Table(
+    "pubsub_subscriptions",
+    metadata,
+    Column("service", String(1023), nullable=False),
+    Column("node", String(1023), nullable=False),
+    Column("jid", String(3071), nullable=False),
+    Column("subid", String(64), nullable=False),
+    Column("state", String(16), nullable=False, default="subscribed"),
+    UniqueConstraint("service", "node", "jid", name="uq_pubsub_subscription"),
+)
+
+pubsub_affiliations = Table(
+    "pubsub_affiliations",
+    metadata,
+    Column("service", String(1023), nullable=False),
+    Column("node", String(1023), nullable=False),
+    Column("jid", String(3071), nullable=False),
+    Column("affiliation", String(16), nullable=False),
+    UniqueConstraint("service", "node", "jid", name="uq_pubsub_affiliation"),
+)
+
+# Push notification registrations (XEP-0357): the app server and node a client enabled.
+push_registrations = Table(
+    "push_registrations",
+    metadata,
+    Column("owner", String(1023), nullable=False),
+    Column("service", String(3071), nullable=False),
+    Column("node", String(1023), nullable=False),
+    Column("options", Text, nullable=False, default="{}"),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("owner", "service", "node", name="uq_push_registration"),
+)
+
+# Privacy lists (XEP-0016): items kept as JSON in their order.
+privacy_lists = Table(
+    "privacy_lists",
+    metadata,
+    Column("owner", String(1023), nullable=False),
+    Column("name", String(1023), nullable=False),
+    Column("items", Text, nullable=False, default="[]"),
+    Column("is_default", Boolean, nullable=False, default=False),
+    UniqueConstraint("owner", "name", name="uq_privacy_list"),
+)
