@@ -11,7 +11,7 @@ import binascii
 import logging
 import secrets
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from xml.etree.ElementTree import Element, SubElement
 
 from parley.xmpp.jid import JID, InvalidJID
@@ -100,6 +100,9 @@ class C2SConnection(asyncio.Protocol):
         self.login_at = 0.0
         self.pending_pings: dict[str, float] = {}
         self.directed: set[str] = set()
+        # Set by the csi and sm modules for a session that uses them.
+        self.csi: Any = None
+        self.sm: Any = None
 
     # --- transport events -------------------------------------------------------------
 
@@ -144,17 +147,39 @@ class C2SConnection(asyncio.Protocol):
             self.auth_timer.cancel()
         if self.worker is not None and not self.worker.done():
             self.worker.cancel()
-        if self.bound:
-            self.bound = False
-            asyncio.get_running_loop().create_task(self.server.session_closed(self))
+        self._session_ends(clean=False)
+
+    def _session_ends(self, clean: bool) -> None:
+        """The connection is gone: end the session, or keep it for resumption (XEP-0198)."""
+        if not self.bound:
+            return
+        if not clean and self.sm is not None and self.sm.hibernate():
+            return
+        self.bound = False
+        asyncio.get_running_loop().create_task(self.server.session_closed(self))
 
     # --- output -------------------------------------------------------------------------
+    # Every stanza to the client passes _out: client state indication may hold it back
+    # (self.csi), stream management counts and keeps it until acknowledged (self.sm).
 
     def send(self, stanza: Element) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(serialize(stanza, NS_CLIENT))
+        if not self.closed or self.sm is not None:
+            self._out(serialize(stanza, NS_CLIENT), stanza)
 
-    def send_bytes(self, data: bytes) -> None:
+    def send_bytes(self, data: bytes, stanza: Element | None = None) -> None:
+        """Pre-serialised bytes (fan-out); `stanza` is given when it must survive a lost
+        connection (messages), so that stream management can route it elsewhere."""
+        if not self.closed or self.sm is not None:
+            self._out(data, stanza)
+
+    def _out(self, data: bytes, stanza: Element | None) -> None:
+        if self.csi is not None and self.csi.offer(data, stanza):
+            return
+        self.write_stanza(data, stanza)
+
+    def write_stanza(self, data: bytes, stanza: Element | None = None) -> None:
+        if self.sm is not None:
+            self.sm.sent(data, stanza)
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
@@ -172,9 +197,10 @@ class C2SConnection(asyncio.Protocol):
         self.transport.write(out)
         self.closed = True
         self.transport.close()
-        if self.bound:
-            self.bound = False
-            asyncio.get_running_loop().create_task(self.server.session_closed(self))
+        # A stream the server ends on purpose is not resumable.
+        if self.sm is not None:
+            self.sm.resumable = False
+        self._session_ends(clean=True)
 
     def _auth_timeout(self) -> None:
         if not self.bound:
@@ -242,6 +268,8 @@ class C2SConnection(asyncio.Protocol):
                     SubElement(mechs, q(NS_SASL, "mechanism")).text = "PLAIN"
                     cb = SubElement(feats, q(NS_SASL_CB, "sasl-channel-binding"))
                     SubElement(cb, q(NS_SASL_CB, "channel-binding"), {"type": "tls-server-end-point"})
+            if self.tls or not self.cfg.require_tls:
+                feats.extend(self.server.preauth_features)
         else:
             SubElement(feats, q(NS_BIND, "bind"))
             SubElement(SubElement(feats, q(NS_SESSION, "session")), q(NS_SESSION, "optional"))
@@ -259,11 +287,24 @@ class C2SConnection(asyncio.Protocol):
         elif ns == NS_SASL:
             await self._sasl(el)
         elif not self.authenticated:
-            self.close("not-authorized", "authenticate first")
+            handler = self._preauth_handler(el)
+            if handler is None:
+                self.close("not-authorized", "authenticate first")
+            else:
+                await handler(el, self)
         elif ns == NS_CLIENT and local_name(el.tag) == "iq":
             await self._pre_bind_iq(el)
+        elif await self.server.signals_stream.fire(el, self):
+            return  # e.g. stream resumption, which comes instead of binding
         else:
             self.close("not-authorized", "bind a resource first")
+
+    def _preauth_handler(self, el: Element) -> Any:
+        if el.tag != q(NS_CLIENT, "iq") or len(el) != 1:
+            return None
+        if not self.tls and self.cfg.require_tls:
+            return None
+        return self.server.preauth_iq.get(namespace(el[0].tag))
 
     async def _starttls(self) -> None:
         ctx = self.server.tls_context
@@ -490,6 +531,8 @@ class C2SConnection(asyncio.Protocol):
                 return
             self.close("unsupported-stanza-type", f"{el.tag} is not a stanza")
             return
+        if self.sm is not None:
+            self.sm.received()
         el.set("from", str(self.jid))
         if kind == "iq" and el.get("type") in ("result", "error") and el.get("id") in self.pending_pings:
             del self.pending_pings[el.get("id", "")]

@@ -34,6 +34,8 @@ class ServerSection(_Section):
     address_scheme: Literal["userid", "directory-uri"] = "userid"
     data_dir: str = "."
     name: str = "Parley"
+    # Accounts allowed to run the service administration commands (XEP-0133).
+    admins: list[str] = []
 
     @field_validator("domain")
     @classmethod
@@ -124,6 +126,57 @@ class AuthorizationSection(_Section):
     default_policy: Literal["allow", "block"] = "allow"
 
 
+class StreamManagementSection(_Section):
+    # XEP-0198: seconds a broken session waits for the client to resume it.
+    resume_timeout: int = Field(300, ge=0, le=86400)
+    # Unacknowledged stanzas kept per session before the server asks and then gives up.
+    max_unacked: int = Field(1000, ge=10)
+
+
+class ArchiveSection(_Section):
+    # XEP-0313 message archive for users.
+    enabled: bool = True
+    # Days messages are kept (0 = forever).
+    retention_days: int = Field(0, ge=0)
+    default_mode: Literal["always", "roster", "never"] = "always"
+    max_page: int = Field(100, ge=1, le=1000)
+
+
+class RegistrationSection(_Section):
+    # XEP-0077 in-band registration of new accounts; off by default.
+    enabled: bool = False
+
+
+class ExternalService(_Section):
+    type: Literal["stun", "turn", "stuns", "turns"]
+    host: str
+    port: int = Field(3478, ge=1, le=65535)
+    transport: Literal["udp", "tcp"] = "udp"
+    username: str | None = None
+    password: str | None = None
+    # A TURN REST shared secret: credentials are made per request (XEP-0215 with expiry).
+    secret: str | None = None
+    ttl: int = Field(86400, ge=60)
+
+
+class PushSection(_Section):
+    # XEP-0357: what a notification may carry ("summary": sender and body count, "none": nothing).
+    include: Literal["none", "summary", "body"] = "summary"
+
+
+class ComponentSection(_Section):
+    # XEP-0114 external component: its domain and shared secret.
+    domain: str
+    secret: str
+
+
+class ComponentsSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(5347, ge=0, le=65535)
+    enabled: bool = False
+    components: list[ComponentSection] = []
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -138,6 +191,12 @@ class Config(_Section):
     sessions: SessionsSection = SessionsSection()
     authorization: AuthorizationSection = AuthorizationSection()
     logging: LoggingSection = LoggingSection()
+    stream_management: StreamManagementSection = StreamManagementSection()
+    archive: ArchiveSection = ArchiveSection()
+    registration: RegistrationSection = RegistrationSection()
+    external_services: list[ExternalService] = []
+    push: PushSection = PushSection()
+    components: ComponentsSection = ComponentsSection()
 
     # Where the file was read from; relative paths in it are relative to this folder.
     base_dir: Path = Path(".")

@@ -40,6 +40,20 @@ CORE_MODULES = (
     "time",
     "ping",
     "last",
+    "sm",
+    "carbons",
+    "mam",
+    "csi",
+    "pep",
+    "bookmarks",
+    "avatar",
+    "vcard4",
+    "adhoc",
+    "register",
+    "extdisco",
+    "push",
+    "privacy",
+    "invisible",
 )
 
 NonzaHandler = Callable[[Element, "C2SConnection"], Awaitable[bool]]
@@ -70,6 +84,10 @@ class Server:
         self.signals = Signals()
         self.signals_stream = NonzaHandlers()
         self.stream_features: list[Element] = []
+        # Features offered before authentication (in-band registration) and the iq
+        # namespaces a client may use then: namespace -> handler(iq, connection).
+        self.preauth_features: list[Element] = []
+        self.preauth_iq: dict[str, Callable[[Element, C2SConnection], Awaitable[None]]] = {}
         self.modules: dict[str, Module] = {}
         self.c2s_connections: set[C2SConnection] = set()
         self.tls_context: ssl.SSLContext | None = None

@@ -90,7 +90,7 @@ class MessageModule(Module):
         if ctx.type == "headline":
             data = serialize(ctx.stanza)
             for s in available:
-                s.send_bytes(data)
+                s.send_bytes(data, ctx.stanza)
             return True
         key = (bare, str(ctx.frm.bare))
         locked = self.locks.get(key)
@@ -103,7 +103,7 @@ class MessageModule(Module):
         if available:
             data = serialize(ctx.stanza)
             for s in available:
-                s.send_bytes(data)
+                s.send_bytes(data, ctx.stanza)
             return True
         if sessions:
             # Signed in but not yet available: the highest priority, then the newest login.

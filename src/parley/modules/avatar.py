@@ -1,0 +1,10 @@
+"""Placeholder until the module lands."""
+
+from parley.module import Module
+
+
+class _M(Module):
+    name = "avatar"
+
+
+module_class = _M
