@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import slixmpp
 
 from parley.server import Server
@@ -76,6 +77,28 @@ async def close_all(*clients: slixmpp.ClientXMPP) -> None:
             await asyncio.wait_for(asyncio.shield(fut), 5)
         except (TimeoutError, asyncio.CancelledError):
             c.abort()
+
+
+async def close_each(*clients: slixmpp.ClientXMPP) -> None:
+    """Closes the clients that are still connected, one at a time: close_all given several
+    clients can sit out its safety timeout."""
+    for c in clients:
+        if c.transport is not None:
+            await close_all(c)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Waits for state the server reaches asynchronously; the timeout only stops a hang."""
+    async def go() -> None:
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.02)
+
+    try:
+        await asyncio.wait_for(go(), TIMEOUT)
+    except TimeoutError:
+        pytest.fail(f"never happened: {what}")
 
 
 async def wait_event(client: slixmpp.ClientXMPP, event: str, timeout: float = TIMEOUT,
@@ -161,19 +184,27 @@ class Raw:
                   f"xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>")
         return await self.read_until(b"</stream:features>")
 
-    async def login(self, user: str, password: str, domain: str = "example.test",
-                    resource: str = "raw") -> bytes:
-        """PLAIN inside TLS, then bind; returns the bind result."""
+    async def authenticate(self, user: str, password: str, domain: str = "example.test") -> bytes:
+        """PLAIN inside TLS and the new stream's features; no resource bound yet."""
         await self.start(domain)
         token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
         self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
         reply = await self.read_until_any(b"</success>", b"</failure>")
         if b"<success" not in reply:
             raise AuthFailed(reply.decode())
-        await self.start(domain)
+        return await self.start(domain)
+
+    async def login(self, user: str, password: str, domain: str = "example.test",
+                    resource: str = "raw") -> bytes:
+        """PLAIN inside TLS, then bind; returns the bind result."""
+        await self.authenticate(user, password, domain)
         self.send(f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
                   f"<resource>{resource}</resource></bind></iq>")
         return await self.read_until(b"</iq>")
+
+    def abort(self) -> None:
+        """Drop the connection as a broken network would: no closing tag, no TLS close."""
+        self.writer.transport.abort()
 
     async def close(self) -> None:
         self.writer.close()

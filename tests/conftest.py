@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Parley server on loopback, started in the test's event loop."""
+"""Shared fixtures: a real Parley server on loopback, started in the test's event loop, and
+signed-in clients on it (`connect`, which hands out the Peers of tests/peer.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from parley.accounts import create_user, parse_user_jid
 from parley.certs import self_signed
 from parley.config import from_dict
 from parley.server import Server
+from parley.storage.repos import RosterItem
+from tests.clients import close_all, slix
+from tests.peer import DOMAIN, OTHER_DOMAIN, Connect, Peer
 
 pytest_plugins = ["tests.pg_fixtures"]
-
-DOMAIN = "example.test"
-OTHER_DOMAIN = "other.test"
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -84,6 +85,41 @@ async def add_user(server: Server, jid: str, password: str = "secret") -> str:
     return jid
 
 
+async def users(server: Server, *jids: str) -> None:
+    for jid in jids:
+        await add_user(server, jid)
+
+
+async def subscribed(server: Server, watcher: str, contact: str, both: bool = False) -> None:
+    """Stores an existing subscription (watcher receives contact's presence) before anyone
+    signs in, so that a test starts from that state."""
+    await server.repos.roster.save(watcher, [RosterItem(contact, subscription="both" if both else "to")])
+    await server.repos.roster.save(contact, [RosterItem(watcher, subscription="both" if both else "from")])
+
+
 @pytest.fixture
 def cert_path(cert_pair: tuple[Path, Path]) -> Path:
     return cert_pair[0]
+
+
+@pytest.fixture
+async def connect(make_server: ServerFactory) -> AsyncIterator[Connect]:
+    peers: list[Peer] = []
+
+    async def go(server: Server, jid: str, *, roster: bool = True, available: bool = True,
+                 plugins: tuple[str, ...] = (), **presence: Any) -> Peer:
+        """Signs in; `presence` (pshow, pstatus, ppriority) goes into the initial presence,
+        which the server has fully processed when this returns."""
+        c = await slix(server, jid, presence=False, get_roster=roster, plugins=plugins)
+        # The tests answer subscription requests themselves.
+        c.auto_authorize = None
+        c.auto_subscribe = False
+        peer = Peer(c)
+        peers.append(peer)
+        if available:
+            c.send_presence(**presence)
+            await peer.mark()
+        return peer
+
+    yield go
+    await close_all(*(p.c for p in peers))

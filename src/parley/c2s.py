@@ -197,10 +197,11 @@ class C2SConnection(asyncio.Protocol):
         self.transport.write(out)
         self.closed = True
         self.transport.close()
-        # A stream the server ends on purpose is not resumable.
-        if self.sm is not None:
+        # A stream the server ends on purpose is not resumable; a dead network is.
+        lost = condition == "connection-timeout"
+        if self.sm is not None and not lost:
             self.sm.resumable = False
-        self._session_ends(clean=True)
+        self._session_ends(clean=not lost)
 
     def _auth_timeout(self) -> None:
         if not self.bound:

@@ -57,6 +57,13 @@ class SessionRegistry:
             del self._by_bare[session.bare]
         return True
 
+    def replace(self, old: Session, new: Session) -> None:
+        """Hand a registered session's place to another connection (stream resumption)."""
+        resources = self._by_bare.get(old.bare, {})
+        assert old.jid.resource is not None
+        if resources.get(old.jid.resource) is old:
+            resources[old.jid.resource] = new
+
     def get(self, jid: JID) -> Session | None:
         resources = self._by_bare.get(str(jid.bare))
         if not resources or jid.resource is None:

@@ -5,184 +5,38 @@ the default policy block-all with an allow list governs presence and IM alike.""
 
 from __future__ import annotations
 
-import asyncio
-import copy
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from xml.etree.ElementTree import Element, fromstring
-
-import pytest
-import slixmpp
-from slixmpp.exceptions import IqError
+from xml.etree.ElementTree import Element
 
 from parley.modules.policy import PolicyModule
 from parley.server import Server
-from parley.storage.repos import RosterItem
-from tests.clients import TIMEOUT, close_all, slix
-from tests.conftest import DOMAIN, ServerFactory, add_user
+from tests.clients import TIMEOUT
+from tests.conftest import ServerFactory, subscribed, users
+from tests.peer import (
+    ALICE,
+    BOB,
+    CAROL,
+    Connect,
+    Match,
+    Peer,
+    bodies,
+    bounce_of,
+    change_status,
+    error_condition,
+    local,
+    message,
+    presence,
+    presences_from,
+    say,
+)
 
-NS_PING = "urn:xmpp:ping"
-NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_BLOCKING = "urn:xmpp:blocking"
 NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
 
-ALICE = f"alice@{DOMAIN}"
-BOB = f"bob@{DOMAIN}"
-CAROL = f"carol@{DOMAIN}"
 BLOCKING = ("xep_0191",)
-
-Match = Callable[[Element], bool]
-
-
-def q(ns: str, name: str) -> str:
-    return f"{{{ns}}}{name}"
-
-
-def local(el: Element) -> str:
-    return el.tag.rpartition("}")[2]
-
-
-class Peer:
-    """A signed-in slixmpp client and every stanza it received, in arrival order."""
-
-    def __init__(self, client: slixmpp.ClientXMPP) -> None:
-        self.c = client
-        self.jid = str(client.boundjid)
-        self.got: list[Element] = []
-        self._taken: set[int] = set()
-        self._seen = 0
-        self._arrived = asyncio.Event()
-        client.add_filter("in", self._tap)
-
-    def _tap(self, stanza: Any) -> Any:
-        self.got.append(copy.deepcopy(stanza.xml))
-        self._arrived.set()
-        return stanza
-
-    def send(self, xml: str) -> None:
-        """Raw XML, queued behind whatever the client sent before (the wire keeps the order)."""
-        self.c.send(xml)
-
-    async def next(self, match: Match, what: str) -> Element:
-        """The first stanza not handed out before that matches (the timeout is a safety net)."""
-
-        async def look() -> Element:
-            while True:
-                for el in self.got:
-                    if id(el) not in self._taken and match(el):
-                        self._taken.add(id(el))
-                        return el
-                self._arrived.clear()
-                await self._arrived.wait()
-
-        try:
-            return await asyncio.wait_for(look(), TIMEOUT)
-        except TimeoutError:
-            pytest.fail(f"{self.jid} never received {what}")
-
-    async def mark(self) -> list[Element]:
-        """Every stanza received since the previous mark. The server answers this client's
-        ping only after everything it wrote to the client before, so the list is complete."""
-        iq = self.c.make_iq(itype="get", ito=DOMAIN)
-        iq.append(Element(q(NS_PING, "ping")))
-        await iq.send(timeout=TIMEOUT)
-        pos = max(i for i, el in enumerate(self.got) if local(el) == "iq" and el.get("id") == iq["id"])
-        window, self._seen = self.got[self._seen:pos], pos + 1
-        return window
-
-    def _iq(self, type_: str, payload: str, to: str | None) -> Any:
-        iq = self.c.make_iq(itype=type_, ito=to)
-        iq.append(fromstring(payload))
-        return iq
-
-    async def query(self, type_: str, payload: str, to: str | None = None) -> Element:
-        try:
-            res = await self._iq(type_, payload, to).send(timeout=TIMEOUT)
-        except IqError as e:
-            pytest.fail(f"{payload} was refused: {e.iq['error']['condition']} {e.iq['error']['text']}")
-        return copy.deepcopy(res.xml)
-
-    async def refused(self, type_: str, payload: str, to: str | None = None) -> tuple[str, str]:
-        """(error type, condition) of a request the server must refuse."""
-        with pytest.raises(IqError) as err:
-            await self._iq(type_, payload, to).send(timeout=TIMEOUT)
-        return str(err.value.iq["error"]["type"]), str(err.value.iq["error"]["condition"])
-
-
-Connect = Callable[..., Awaitable[Peer]]
-
-
-@pytest.fixture
-async def connect(make_server: ServerFactory) -> AsyncIterator[Connect]:
-    peers: list[Peer] = []
-
-    async def go(server: Server, jid: str, *, roster: bool = True, available: bool = True,
-                 plugins: tuple[str, ...] = (), **presence: Any) -> Peer:
-        """Signs in; `presence` (pshow, pstatus, ppriority) goes into the initial presence,
-        which the server has fully processed when this returns."""
-        c = await slix(server, jid, presence=False, get_roster=roster, plugins=plugins)
-        # The tests answer subscription requests themselves.
-        c.auto_authorize = None
-        c.auto_subscribe = False
-        peer = Peer(c)
-        peers.append(peer)
-        if available:
-            c.send_presence(**presence)
-            await peer.mark()
-        return peer
-
-    yield go
-    await close_all(*(p.c for p in peers))
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def presence(frm: str | None = None, type_: str = "available", *, status: str | None = None) -> Match:
-    def match(el: Element) -> bool:
-        if local(el) != "presence" or (el.get("type") or "available") != type_:
-            return False
-        if frm is not None and el.get("from") != frm:
-            return False
-        return status is None or el.findtext("{jabber:client}status") == status
-
-    return match
-
-
-def presences_from(window: list[Element], bare: str) -> list[Element]:
-    return [el for el in window if local(el) == "presence" and el.get("from", "").split("/")[0] == bare]
-
-
-def message(body: str) -> Match:
-    return lambda el: local(el) == "message" and el.findtext("{jabber:client}body") == body
-
-
-def bodies(window: list[Element]) -> list[str]:
-    return [el.findtext("{jabber:client}body") or "" for el in window
-            if local(el) == "message" and el.get("type") != "error"]
-
-
-def error_condition(el: Element) -> str | None:
-    err = el.find("{jabber:client}error")
-    if err is None:
-        return None
-    for c in err:
-        if c.tag.startswith(f"{{{NS_STANZAS}}}") and local(c) != "text":
-            return local(c)
-    return None
-
-
-async def bounce_of(peer: Peer, body: str) -> Element:
-    return await peer.next(lambda el: local(el) == "message" and el.get("type") == "error"
-                           and el.findtext("{jabber:client}body") == body, f"the error for {body!r}")
-
-
-def say(peer: Peer, to: str, body: str) -> None:
-    peer.send(f"<message to='{to}' type='chat'><body>{body}</body></message>")
-
-
-def change_status(peer: Peer, status: str) -> None:
-    peer.send(f"<presence><status>{status}</status></presence>")
 
 
 def block_push(action: str) -> Match:
@@ -200,17 +54,6 @@ async def blocklist(peer: Peer) -> set[str]:
     return {str(j) for j in await peer.c.plugin["xep_0191"].get_blocked_jids(timeout=TIMEOUT)}
 
 
-async def users(server: Server, *jids: str) -> None:
-    for jid in jids:
-        await add_user(server, jid)
-
-
-async def friends(server: Server, a: str, b: str) -> None:
-    """A mutual subscription stored before anyone signs in."""
-    await server.repos.roster.save(a, [RosterItem(b, subscription="both")])
-    await server.repos.roster.save(b, [RosterItem(a, subscription="both")])
-
-
 async def quiet(*peers: Peer) -> None:
     for p in peers:
         await p.mark()
@@ -221,7 +64,7 @@ async def quiet(*peers: Peer) -> None:
 
 async def test_block_and_unblock(server: Server, connect: Connect) -> None:
     await users(server, ALICE, BOB)
-    await friends(server, ALICE, BOB)
+    await subscribed(server, ALICE, BOB, both=True)
     desk = await connect(server, f"{ALICE}/desk", plugins=BLOCKING, pstatus="alice at her desk")
     phone = await connect(server, f"{ALICE}/phone", plugins=BLOCKING)
     bob = await connect(server, f"{BOB}/desk", pstatus="bob here")
@@ -279,8 +122,8 @@ async def test_block_and_unblock(server: Server, connect: Connect) -> None:
 
 async def test_blocked_contact_logging_in_sees_the_user_unavailable(server: Server, connect: Connect) -> None:
     await users(server, ALICE, BOB, CAROL)
-    await friends(server, ALICE, BOB)
-    await friends(server, ALICE, CAROL)
+    await subscribed(server, ALICE, BOB, both=True)
+    await subscribed(server, ALICE, CAROL, both=True)
     alice = await connect(server, f"{ALICE}/desk", plugins=BLOCKING, pstatus="online")
     await alice.c.plugin["xep_0191"].block([BOB, CAROL], timeout=TIMEOUT)
     assert await blocklist(alice) == {BOB, CAROL}

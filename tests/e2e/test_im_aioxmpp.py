@@ -19,11 +19,8 @@ import slixmpp
 from parley.server import Server
 from parley.storage.repos import RosterItem
 from tests.clients import TIMEOUT, close_all, slix
-from tests.conftest import DOMAIN, ServerFactory, add_user
-
-ALICE = f"alice@{DOMAIN}"
-BOB = f"bob@{DOMAIN}"
-CAROL = f"carol@{DOMAIN}"
+from tests.conftest import ServerFactory, add_user, users
+from tests.peer import ALICE, BOB, CAROL
 
 
 def jid(s: str) -> aioxmpp.JID:
@@ -132,8 +129,7 @@ async def test_sign_in_and_roster(server: Server) -> None:
 
 async def test_subscription_approval_presence_and_messages(make_server: ServerFactory) -> None:
     server = await make_server(authorization={"auto_approve": False})
-    await add_user(server, ALICE)
-    await add_user(server, BOB)
+    await users(server, ALICE, BOB)
     async with signed_in(server, ALICE, "alice here") as alice, signed_in(server, BOB, "bob here") as bob:
         request = expect(bob.roster.on_subscribe)
         approval = expect(alice.roster.on_subscribed)
@@ -182,8 +178,7 @@ async def test_subscription_approval_presence_and_messages(make_server: ServerFa
 
 
 async def test_aioxmpp_and_slixmpp_talk_to_each_other(server: Server) -> None:
-    await add_user(server, ALICE)
-    await add_user(server, BOB)
+    await users(server, ALICE, BOB)
     async with signed_in(server, ALICE, "on aioxmpp") as alice:
         bob: slixmpp.ClientXMPP = await slix(server, f"{BOB}/slix")
         try:

@@ -6,187 +6,52 @@ replacement and disabled accounts."""
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-from xml.etree.ElementTree import Element, fromstring
+from xml.etree.ElementTree import Element
 
 import pytest
-import slixmpp
-from slixmpp.exceptions import IqError
 
 from parley.server import Server
-from parley.storage.repos import RosterItem
-from tests.clients import TIMEOUT, AuthFailed, Raw, close_all, slix
-from tests.conftest import DOMAIN, ServerFactory, add_user
+from tests.clients import AuthFailed, Raw, close_all, slix
+from tests.conftest import ServerFactory, add_user, subscribed, users
+from tests.peer import (
+    ALICE,
+    BOB,
+    CAROL,
+    DOMAIN,
+    Connect,
+    Peer,
+    bodies,
+    bounced,
+    local,
+    message,
+    say,
+)
 
-NS_PING = "urn:xmpp:ping"
-NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_DELAY = "urn:xmpp:delay"
 NS_OFFLINE = "http://jabber.org/protocol/offline"
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 
-ALICE = f"alice@{DOMAIN}"
-BOB = f"bob@{DOMAIN}"
-CAROL = f"carol@{DOMAIN}"
-
-Match = Callable[[Element], bool]
-
-
-def q(ns: str, name: str) -> str:
-    return f"{{{ns}}}{name}"
-
-
-def local(el: Element) -> str:
-    return el.tag.rpartition("}")[2]
-
-
-class Peer:
-    """A signed-in slixmpp client and every stanza it received, in arrival order."""
-
-    def __init__(self, client: slixmpp.ClientXMPP) -> None:
-        self.c = client
-        self.jid = str(client.boundjid)
-        self.got: list[Element] = []
-        self._taken: set[int] = set()
-        self._seen = 0
-        self._arrived = asyncio.Event()
-        client.add_filter("in", self._tap)
-
-    def _tap(self, stanza: Any) -> Any:
-        self.got.append(copy.deepcopy(stanza.xml))
-        self._arrived.set()
-        return stanza
-
-    def send(self, xml: str) -> None:
-        """Raw XML, queued behind whatever the client sent before (the wire keeps the order)."""
-        self.c.send(xml)
-
-    async def next(self, match: Match, what: str) -> Element:
-        """The first stanza not handed out before that matches (the timeout is a safety net)."""
-
-        async def look() -> Element:
-            while True:
-                for el in self.got:
-                    if id(el) not in self._taken and match(el):
-                        self._taken.add(id(el))
-                        return el
-                self._arrived.clear()
-                await self._arrived.wait()
-
-        try:
-            return await asyncio.wait_for(look(), TIMEOUT)
-        except TimeoutError:
-            pytest.fail(f"{self.jid} never received {what}")
-
-    async def mark(self) -> list[Element]:
-        """Every stanza received since the previous mark. The server answers this client's
-        ping only after everything it wrote to the client before, so the list is complete."""
-        iq = self.c.make_iq(itype="get", ito=DOMAIN)
-        iq.append(Element(q(NS_PING, "ping")))
-        await iq.send(timeout=TIMEOUT)
-        pos = max(i for i, el in enumerate(self.got) if local(el) == "iq" and el.get("id") == iq["id"])
-        window, self._seen = self.got[self._seen:pos], pos + 1
-        return window
-
-    def _iq(self, type_: str, payload: str, to: str | None) -> Any:
-        iq = self.c.make_iq(itype=type_, ito=to)
-        iq.append(fromstring(payload))
-        return iq
-
-    async def query(self, type_: str, payload: str, to: str | None = None) -> Element:
-        try:
-            res = await self._iq(type_, payload, to).send(timeout=TIMEOUT)
-        except IqError as e:
-            pytest.fail(f"{payload} was refused: {e.iq['error']['condition']} {e.iq['error']['text']}")
-        return copy.deepcopy(res.xml)
-
-    async def refused(self, type_: str, payload: str, to: str | None = None) -> tuple[str, str]:
-        """(error type, condition) of a request the server must refuse."""
-        with pytest.raises(IqError) as err:
-            await self._iq(type_, payload, to).send(timeout=TIMEOUT)
-        return str(err.value.iq["error"]["type"]), str(err.value.iq["error"]["condition"])
-
-
-Connect = Callable[..., Awaitable[Peer]]
-
-
-@pytest.fixture
-async def connect(make_server: ServerFactory) -> AsyncIterator[Connect]:
-    peers: list[Peer] = []
-
-    async def go(server: Server, jid: str, *, roster: bool = True, available: bool = True,
-                 plugins: tuple[str, ...] = (), **presence: Any) -> Peer:
-        """Signs in; `presence` (pshow, pstatus, ppriority) goes into the initial presence,
-        which the server has fully processed when this returns."""
-        c = await slix(server, jid, presence=False, get_roster=roster, plugins=plugins)
-        # The tests answer subscription requests themselves.
-        c.auto_authorize = None
-        c.auto_subscribe = False
-        peer = Peer(c)
-        peers.append(peer)
-        if available:
-            c.send_presence(**presence)
-            await peer.mark()
-        return peer
-
-    yield go
-    await close_all(*(p.c for p in peers))
-
 
 # --- message helpers -------------------------------------------------------------------------------
-
-
-def message(body: str | None = None, *, frm: str | None = None, type_: str | None = None) -> Match:
-    def match(el: Element) -> bool:
-        if local(el) != "message":
-            return False
-        if type_ is not None and el.get("type", "normal") != type_:
-            return False
-        if frm is not None and el.get("from") != frm:
-            return False
-        return body is None or el.findtext("{jabber:client}body") == body
-
-    return match
-
-
-def bodies(window: list[Element]) -> list[str]:
-    return [el.findtext("{jabber:client}body") or "" for el in window
-            if local(el) == "message" and el.get("type") != "error"]
 
 
 def errors(window: list[Element]) -> list[Element]:
     return [el for el in window if local(el) == "message" and el.get("type") == "error"]
 
 
-def error_condition(el: Element) -> str | None:
-    err = el.find("{jabber:client}error")
-    if err is None:
-        return None
-    for c in err:
-        if c.tag.startswith(f"{{{NS_STANZAS}}}") and local(c) != "text":
-            return local(c)
-    return None
-
-
-def say(peer: Peer, to: str, body: str, type_: str = "chat") -> None:
-    peer.send(f"<message to='{to}' type='{type_}'><body>{body}</body></message>")
-
-
-async def bounced(peer: Peer, body: str) -> str | None:
-    """The condition of the error that answers the message with that body."""
-    err = await peer.next(lambda el: message(type_="error")(el) and el.findtext("{jabber:client}body") == body,
-                          f"an error for {body!r}")
-    return error_condition(err)
-
-
-async def users(server: Server, *jids: str) -> None:
-    for jid in jids:
-        await add_user(server, jid)
+async def locked_to_the_desk(server: Server, connect: Connect) -> tuple[Peer, Peer, Peer]:
+    """alice/desk, bob/desk and bob/phone signed in, and the conversation between alice and
+    bob locked to bob/desk by a message from there."""
+    await users(server, ALICE, BOB)
+    alice = await connect(server, f"{ALICE}/desk")
+    desk = await connect(server, f"{BOB}/desk")
+    phone = await connect(server, f"{BOB}/phone")
+    say(desk, ALICE, "locked to the desk")
+    await alice.next(message("locked to the desk"), "the reply")
+    return alice, desk, phone
 
 
 async def only_marker(peer: Peer, sender: Peer, marker: str) -> list[str]:
@@ -254,12 +119,7 @@ async def test_reply_locks_the_conversation_to_the_replying_resource(server: Ser
 
 
 async def test_lock_ends_when_the_resource_disconnects(server: Server, connect: Connect) -> None:
-    await users(server, ALICE, BOB)
-    alice = await connect(server, f"{ALICE}/desk")
-    desk = await connect(server, f"{BOB}/desk")
-    phone = await connect(server, f"{BOB}/phone")
-    say(desk, ALICE, "locked to the desk")
-    await alice.next(message("locked to the desk"), "the reply")
+    alice, desk, phone = await locked_to_the_desk(server, connect)
     await close_all(desk.c)
     await phone.next(lambda el: local(el) == "presence" and el.get("from") == desk.jid
                      and el.get("type") == "unavailable", "the desk going away")
@@ -274,12 +134,7 @@ async def test_lock_ends_when_the_resource_disconnects(server: Server, connect: 
 
 
 async def test_lock_ends_when_the_resource_goes_unavailable(server: Server, connect: Connect) -> None:
-    await users(server, ALICE, BOB)
-    alice = await connect(server, f"{ALICE}/desk")
-    desk = await connect(server, f"{BOB}/desk")
-    phone = await connect(server, f"{BOB}/phone")
-    say(desk, ALICE, "locked to the desk")
-    await alice.next(message("locked to the desk"), "the reply")
+    alice, desk, phone = await locked_to_the_desk(server, connect)
 
     desk.send("<presence type='unavailable'/>")
     await desk.mark()
@@ -289,12 +144,7 @@ async def test_lock_ends_when_the_resource_goes_unavailable(server: Server, conn
 
 
 async def test_lock_does_not_come_back_with_the_resource(server: Server, connect: Connect) -> None:
-    await users(server, ALICE, BOB)
-    alice = await connect(server, f"{ALICE}/desk")
-    desk = await connect(server, f"{BOB}/desk")
-    phone = await connect(server, f"{BOB}/phone")
-    say(desk, ALICE, "locked to the desk")
-    await alice.next(message("locked to the desk"), "the reply")
+    alice, desk, phone = await locked_to_the_desk(server, connect)
     desk.send("<presence type='unavailable'/>")
     desk.send("<presence/>")
     await desk.mark()
@@ -608,8 +458,7 @@ async def test_same_resource_replaces_the_first_session(server: Server, connect:
 
 async def test_replaced_session_goes_unavailable_for_contacts(server: Server, connect: Connect) -> None:
     await users(server, ALICE, BOB)
-    await server.repos.roster.save(BOB, [RosterItem(ALICE, subscription="to")])
-    await server.repos.roster.save(ALICE, [RosterItem(BOB, subscription="from")])
+    await subscribed(server, BOB, ALICE)
     bob = await connect(server, f"{BOB}/desk")
     old, _ = await raw_login(server, "alice", "desk")
     old.send("<presence><status>old session</status></presence>")

@@ -4,42 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import slixmpp
 
 from parley.server import Server
-from tests.clients import TIMEOUT, close_all, slix
-from tests.conftest import DOMAIN, ServerFactory, add_user
+from tests.clients import TIMEOUT, close_each, eventually, slix
+from tests.conftest import ServerFactory, users
+from tests.peer import ALICE, BOB, DOMAIN
 from tests.pg import PgServer
 
 pytestmark = pytest.mark.postgres
-
-ALICE = f"alice@{DOMAIN}"
-BOB = f"bob@{DOMAIN}"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Waits for state the server reaches asynchronously; the timeout only stops a hang."""
-    async def go() -> None:
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(go(), TIMEOUT)
-    except TimeoutError:
-        pytest.fail(f"never happened: {what}")
-
-
-async def close(*clients: slixmpp.ClientXMPP) -> None:
-    # One at a time: close_all given several clients can sit out its safety timeout.
-    for c in clients:
-        if c.transport is not None:
-            await close_all(c)
 
 
 async def test_offline_message_and_roster_survive_on_postgres(
@@ -48,14 +23,13 @@ async def test_offline_message_and_roster_survive_on_postgres(
     url = pg_server.fresh_database(f"e2e_{uuid.uuid4().hex[:12]}")
     srv: Server = await make_server(storage_url=url)
     assert srv.db.url == url
-    await add_user(srv, ALICE)
-    await add_user(srv, BOB)
+    await users(srv, ALICE, BOB)
 
     alice = await slix(srv, ALICE)
     bob = await slix(srv, BOB)
     assert alice.boundjid.bare == ALICE
     assert bob.boundjid.bare == BOB
-    await close(bob)
+    await close_each(bob)
 
     async def bob_offline() -> bool:
         return srv.router.sessions.resources(BOB) == 0
@@ -91,7 +65,7 @@ async def test_offline_message_and_roster_survive_on_postgres(
     await eventually(flushed, "delivered messages leave the offline store")
 
     await alice.update_roster(BOB, name="Bob Ø", groups=["Collègues"])
-    await close(alice, bob)
+    await close_each(alice, bob)
     await srv.stop()
 
     again = await make_server(storage_url=url)
@@ -102,4 +76,4 @@ async def test_offline_message_and_roster_survive_on_postgres(
         assert item["name"] == "Bob Ø"
         assert list(item["groups"]) == ["Collègues"]
     finally:
-        await close(alice)
+        await close_each(alice)

@@ -9,177 +9,34 @@ subscriptions and the presence change throttle."""
 from __future__ import annotations
 
 import asyncio
-import copy
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-from xml.etree.ElementTree import Element, fromstring
-
-import pytest
-import slixmpp
-from slixmpp.exceptions import IqError
+from xml.etree.ElementTree import Element
 
 from parley.server import Server
-from parley.storage.repos import RosterItem
-from tests.clients import TIMEOUT, close_all, slix
-from tests.conftest import DOMAIN, ServerFactory, add_user
-
-NS_ROSTER = "jabber:iq:roster"
-NS_PING = "urn:xmpp:ping"
-NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-
-ALICE = f"alice@{DOMAIN}"
-BOB = f"bob@{DOMAIN}"
-CAROL = f"carol@{DOMAIN}"
-DAVE = f"dave@{DOMAIN}"
+from tests.clients import close_all
+from tests.conftest import ServerFactory, add_user, subscribed, users
+from tests.peer import (
+    ALICE,
+    BOB,
+    CAROL,
+    DAVE,
+    DOMAIN,
+    NS_ROSTER,
+    Connect,
+    Peer,
+    change_status,
+    error_condition,
+    is_push,
+    local,
+    presence,
+    presences_from,
+    q,
+    roster_items,
+)
 
 NO_AUTO_APPROVE = {"authorization": {"auto_approve": False}}
 
 
-Match = Callable[[Element], bool]
-
-
-def q(ns: str, name: str) -> str:
-    return f"{{{ns}}}{name}"
-
-
-def local(el: Element) -> str:
-    return el.tag.rpartition("}")[2]
-
-
-class Peer:
-    """A signed-in slixmpp client and every stanza it received, in arrival order."""
-
-    def __init__(self, client: slixmpp.ClientXMPP) -> None:
-        self.c = client
-        self.jid = str(client.boundjid)
-        self.got: list[Element] = []
-        self._taken: set[int] = set()
-        self._seen = 0
-        self._arrived = asyncio.Event()
-        client.add_filter("in", self._tap)
-
-    def _tap(self, stanza: Any) -> Any:
-        self.got.append(copy.deepcopy(stanza.xml))
-        self._arrived.set()
-        return stanza
-
-    def send(self, xml: str) -> None:
-        """Raw XML, queued behind whatever the client sent before (the wire keeps the order)."""
-        self.c.send(xml)
-
-    async def next(self, match: Match, what: str) -> Element:
-        """The first stanza not handed out before that matches (the timeout is a safety net)."""
-
-        async def look() -> Element:
-            while True:
-                for el in self.got:
-                    if id(el) not in self._taken and match(el):
-                        self._taken.add(id(el))
-                        return el
-                self._arrived.clear()
-                await self._arrived.wait()
-
-        try:
-            return await asyncio.wait_for(look(), TIMEOUT)
-        except TimeoutError:
-            pytest.fail(f"{self.jid} never received {what}")
-
-    async def mark(self) -> list[Element]:
-        """Every stanza received since the previous mark. The server answers this client's
-        ping only after everything it wrote to the client before, so the list is complete."""
-        iq = self.c.make_iq(itype="get", ito=DOMAIN)
-        iq.append(Element(q(NS_PING, "ping")))
-        await iq.send(timeout=TIMEOUT)
-        pos = max(i for i, el in enumerate(self.got) if local(el) == "iq" and el.get("id") == iq["id"])
-        window, self._seen = self.got[self._seen:pos], pos + 1
-        return window
-
-    def _iq(self, type_: str, payload: str, to: str | None) -> Any:
-        iq = self.c.make_iq(itype=type_, ito=to)
-        iq.append(fromstring(payload))
-        return iq
-
-    async def query(self, type_: str, payload: str, to: str | None = None) -> Element:
-        try:
-            res = await self._iq(type_, payload, to).send(timeout=TIMEOUT)
-        except IqError as e:
-            pytest.fail(f"{payload} was refused: {e.iq['error']['condition']} {e.iq['error']['text']}")
-        return copy.deepcopy(res.xml)
-
-    async def refused(self, type_: str, payload: str, to: str | None = None) -> tuple[str, str]:
-        """(error type, condition) of a request the server must refuse."""
-        with pytest.raises(IqError) as err:
-            await self._iq(type_, payload, to).send(timeout=TIMEOUT)
-        return str(err.value.iq["error"]["type"]), str(err.value.iq["error"]["condition"])
-
-
-Connect = Callable[..., Awaitable[Peer]]
-
-
-@pytest.fixture
-async def connect(make_server: ServerFactory) -> AsyncIterator[Connect]:
-    peers: list[Peer] = []
-
-    async def go(server: Server, jid: str, *, roster: bool = True, available: bool = True,
-                 plugins: tuple[str, ...] = (), **presence: Any) -> Peer:
-        """Signs in; `presence` (pshow, pstatus, ppriority) goes into the initial presence,
-        which the server has fully processed when this returns."""
-        c = await slix(server, jid, presence=False, get_roster=roster, plugins=plugins)
-        # The tests answer subscription requests themselves.
-        c.auto_authorize = None
-        c.auto_subscribe = False
-        peer = Peer(c)
-        peers.append(peer)
-        if available:
-            c.send_presence(**presence)
-            await peer.mark()
-        return peer
-
-    yield go
-    await close_all(*(p.c for p in peers))
-
-
 # --- presence and roster helpers ------------------------------------------------------------------
-
-
-def presence(frm: str | None = None, type_: str = "available", *, of: str | None = None,
-             status: str | None = None) -> Match:
-    """A presence of that type, from that exact JID (`frm`) or any resource of a bare JID (`of`)."""
-
-    def match(el: Element) -> bool:
-        if local(el) != "presence" or (el.get("type") or "available") != type_:
-            return False
-        sender = el.get("from", "")
-        if frm is not None and sender != frm:
-            return False
-        if of is not None and sender.split("/")[0] != of:
-            return False
-        return status is None or el.findtext("{jabber:client}status") == status
-
-    return match
-
-
-def presences_from(window: list[Element], bare: str) -> list[Element]:
-    return [el for el in window if local(el) == "presence" and el.get("from", "").split("/")[0] == bare]
-
-
-def error_condition(el: Element) -> str | None:
-    err = el.find("{jabber:client}error")
-    if err is None:
-        return None
-    for c in err:
-        if c.tag.startswith(f"{{{NS_STANZAS}}}") and local(c) != "text":
-            return local(c)
-    return None
-
-
-def is_push(jid: str) -> Match:
-    def match(el: Element) -> bool:
-        if local(el) != "iq" or el.get("type") != "set":
-            return False
-        return el.find(f"{q(NS_ROSTER, 'query')}/{q(NS_ROSTER, 'item')}[@jid='{jid}']") is not None
-
-    return match
 
 
 def pushed(push: Element) -> dict[str, str]:
@@ -193,32 +50,13 @@ async def next_push(peer: Peer, jid: str, what: str) -> dict[str, str]:
 
 
 async def roster_state(peer: Peer) -> dict[str, dict[str, str]]:
-    res = await peer.query("get", f"<query xmlns='{NS_ROSTER}'/>")
-    query = res.find(q(NS_ROSTER, "query"))
-    assert query is not None
-    return {it.get("jid", ""): dict(it.attrib) for it in query.findall(q(NS_ROSTER, "item"))}
+    return {jid: dict(it.attrib) for jid, it in (await roster_items(peer)).items()}
 
 
 def state(attrs: dict[str, str] | None) -> tuple[str, bool, bool]:
     """(subscription, pending out, pre-approved) of a roster item."""
     assert attrs is not None, "the item is missing"
     return attrs.get("subscription", "none"), attrs.get("ask") == "subscribe", attrs.get("approved") == "true"
-
-
-async def users(server: Server, *jids: str) -> None:
-    for jid in jids:
-        await add_user(server, jid)
-
-
-async def subscribed(server: Server, watcher: str, contact: str, both: bool = False) -> None:
-    """Stores an existing subscription (watcher receives contact's presence) before anyone
-    signs in, so that a test starts from that state."""
-    await server.repos.roster.save(watcher, [RosterItem(contact, subscription="both" if both else "to")])
-    await server.repos.roster.save(contact, [RosterItem(watcher, subscription="both" if both else "from")])
-
-
-def change_status(peer: Peer, status: str) -> None:
-    peer.send(f"<presence><status>{status}</status></presence>")
 
 
 # --- a request, approved (auto-approve off) ----------------------------------------------------------

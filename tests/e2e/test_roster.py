@@ -6,178 +6,36 @@ can add a user whose list is full)."""
 
 from __future__ import annotations
 
-import asyncio
-import copy
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-from xml.etree.ElementTree import Element, fromstring
-from xml.sax.saxutils import escape, quoteattr
+from xml.etree.ElementTree import Element
 
 import pytest
-import slixmpp
-from slixmpp.exceptions import IqError
 
 from parley.server import Server
 from parley.storage.repos import RosterItem
-from tests.clients import TIMEOUT, close_all, slix
-from tests.conftest import DOMAIN, ServerFactory, add_user
-
-NS_ROSTER = "jabber:iq:roster"
-NS_PING = "urn:xmpp:ping"
-
-ALICE = f"alice@{DOMAIN}"
-BOB = f"bob@{DOMAIN}"
-CAROL = f"carol@{DOMAIN}"
-
-Match = Callable[[Element], bool]
-
-
-def q(ns: str, name: str) -> str:
-    return f"{{{ns}}}{name}"
-
-
-def local(el: Element) -> str:
-    return el.tag.rpartition("}")[2]
-
-
-class Peer:
-    """A signed-in slixmpp client and every stanza it received, in arrival order."""
-
-    def __init__(self, client: slixmpp.ClientXMPP) -> None:
-        self.c = client
-        self.jid = str(client.boundjid)
-        self.got: list[Element] = []
-        self._taken: set[int] = set()
-        self._seen = 0
-        self._arrived = asyncio.Event()
-        client.add_filter("in", self._tap)
-
-    def _tap(self, stanza: Any) -> Any:
-        self.got.append(copy.deepcopy(stanza.xml))
-        self._arrived.set()
-        return stanza
-
-    def send(self, xml: str) -> None:
-        """Raw XML, queued behind whatever the client sent before (the wire keeps the order)."""
-        self.c.send(xml)
-
-    async def next(self, match: Match, what: str) -> Element:
-        """The first stanza not handed out before that matches (the timeout is a safety net)."""
-
-        async def look() -> Element:
-            while True:
-                for el in self.got:
-                    if id(el) not in self._taken and match(el):
-                        self._taken.add(id(el))
-                        return el
-                self._arrived.clear()
-                await self._arrived.wait()
-
-        try:
-            return await asyncio.wait_for(look(), TIMEOUT)
-        except TimeoutError:
-            pytest.fail(f"{self.jid} never received {what}")
-
-    async def mark(self) -> list[Element]:
-        """Every stanza received since the previous mark. The server answers this client's
-        ping only after everything it wrote to the client before, so the list is complete."""
-        iq = self.c.make_iq(itype="get", ito=DOMAIN)
-        iq.append(Element(q(NS_PING, "ping")))
-        await iq.send(timeout=TIMEOUT)
-        pos = max(i for i, el in enumerate(self.got) if local(el) == "iq" and el.get("id") == iq["id"])
-        window, self._seen = self.got[self._seen:pos], pos + 1
-        return window
-
-    def _iq(self, type_: str, payload: str, to: str | None) -> Any:
-        iq = self.c.make_iq(itype=type_, ito=to)
-        iq.append(fromstring(payload))
-        return iq
-
-    async def query(self, type_: str, payload: str, to: str | None = None) -> Element:
-        try:
-            res = await self._iq(type_, payload, to).send(timeout=TIMEOUT)
-        except IqError as e:
-            pytest.fail(f"{payload} was refused: {e.iq['error']['condition']} {e.iq['error']['text']}")
-        return copy.deepcopy(res.xml)
-
-    async def refused(self, type_: str, payload: str, to: str | None = None) -> tuple[str, str]:
-        """(error type, condition) of a request the server must refuse."""
-        with pytest.raises(IqError) as err:
-            await self._iq(type_, payload, to).send(timeout=TIMEOUT)
-        return str(err.value.iq["error"]["type"]), str(err.value.iq["error"]["condition"])
-
-
-Connect = Callable[..., Awaitable[Peer]]
-
-
-@pytest.fixture
-async def connect(make_server: ServerFactory) -> AsyncIterator[Connect]:
-    peers: list[Peer] = []
-
-    async def go(server: Server, jid: str, *, roster: bool = True, available: bool = True,
-                 plugins: tuple[str, ...] = (), **presence: Any) -> Peer:
-        """Signs in; `presence` (pshow, pstatus, ppriority) goes into the initial presence,
-        which the server has fully processed when this returns."""
-        c = await slix(server, jid, presence=False, get_roster=roster, plugins=plugins)
-        # The tests answer subscription requests themselves.
-        c.auto_authorize = None
-        c.auto_subscribe = False
-        peer = Peer(c)
-        peers.append(peer)
-        if available:
-            c.send_presence(**presence)
-            await peer.mark()
-        return peer
-
-    yield go
-    await close_all(*(p.c for p in peers))
-
+from tests.clients import close_all
+from tests.conftest import ServerFactory, add_user, users
+from tests.peer import (
+    ALICE,
+    BOB,
+    CAROL,
+    DOMAIN,
+    NS_ROSTER,
+    Connect,
+    is_push,
+    item_xml,
+    items_of,
+    local,
+    q,
+    roster_get,
+    roster_items,
+    roster_set,
+)
 
 # --- roster helpers --------------------------------------------------------------------------
 
 
-def item_xml(jid: str, name: str | None = None, groups: tuple[str, ...] = (), subscription: str | None = None) -> str:
-    attrs = f"jid={quoteattr(jid)}"
-    if name is not None:
-        attrs += f" name={quoteattr(name)}"
-    if subscription is not None:
-        attrs += f" subscription={quoteattr(subscription)}"
-    inner = "".join(f"<group>{escape(g)}</group>" for g in groups)
-    return f"<item {attrs}>{inner}</item>"
-
-
-def roster_set(*items: str) -> str:
-    return f"<query xmlns='{NS_ROSTER}'>{''.join(items)}</query>"
-
-
-def roster_get(ver: str | None = None) -> str:
-    return f"<query xmlns='{NS_ROSTER}'/>" if ver is None else f"<query xmlns='{NS_ROSTER}' ver={quoteattr(ver)}/>"
-
-
-def items_of(query: Element | None) -> dict[str, Element]:
-    assert query is not None
-    return {it.get("jid", ""): it for it in query.findall(q(NS_ROSTER, "item"))}
-
-
 def groups_of(item: Element) -> list[str]:
     return sorted(g.text or "" for g in item.findall(q(NS_ROSTER, "group")))
-
-
-async def roster_items(peer: Peer) -> dict[str, Element]:
-    res = await peer.query("get", roster_get())
-    return items_of(res.find(q(NS_ROSTER, "query")))
-
-
-def is_push(jid: str | None = None) -> Match:
-    def match(el: Element) -> bool:
-        if local(el) != "iq" or el.get("type") != "set":
-            return False
-        query = el.find(q(NS_ROSTER, "query"))
-        if query is None:
-            return False
-        return jid is None or jid in items_of(query)
-
-    return match
 
 
 def pushed_item(push: Element) -> Element:
@@ -191,11 +49,6 @@ def pushed_item(push: Element) -> Element:
 
 def pushes(window: list[Element]) -> list[Element]:
     return [el for el in window if is_push()(el)]
-
-
-async def users(server: Server, *jids: str) -> None:
-    for jid in jids:
-        await add_user(server, jid)
 
 
 # --- get, set, update, remove; pushes -----------------------------------------------------------

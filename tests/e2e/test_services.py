@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from xml.etree.ElementTree import Element, SubElement, fromstring
 
@@ -21,46 +21,43 @@ from parley.server import Server
 from parley.storage.repos import RosterItem
 from parley.xmpp.caps import Identity, caps_ver, parse_info, verify_ver
 from parley.xmpp.jid import JID
-from tests.clients import TIMEOUT, Raw, close_all, slix
-from tests.conftest import DOMAIN, ServerFactory, add_user
+from tests.clients import TIMEOUT, Raw, close_each, eventually, slix
+from tests.conftest import ServerFactory, add_user, users
+from tests.peer import ALICE, BOB, DOMAIN
 
-ALICE = f"alice@{DOMAIN}"
-BOB = f"bob@{DOMAIN}"
 NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_PRIVATE = "jabber:iq:private"
 
 SERVICES = ("xep_0030", "xep_0054", "xep_0092", "xep_0128", "xep_0199", "xep_0202", "xep_0012")
 
 
-async def client(server: Server, jid: str, *plugins: str, presence: bool = False) -> Any:
-    return await slix(server, jid, plugins=plugins or SERVICES, presence=presence, get_roster=False)
+Client = Callable[..., Awaitable[Any]]
 
 
-async def close(*clients: Any) -> None:
-    # close_all disconnects every client before it reads their `disconnected` futures,
-    # and slixmpp swaps that future for a fresh one once a disconnect completes: with
-    # several clients it waits out its safety timeout. One at a time avoids that.
-    for c in clients:
-        if c.transport is not None:
-            await close_all(c)
+@pytest.fixture
+async def client(make_server: ServerFactory) -> AsyncIterator[Client]:
+    """Signs in slixmpp clients with the service plugins (or the ones named), without a
+    roster; the ones still connected are closed after the test."""
+    opened: list[Any] = []
+
+    async def go(server: Server, jid: str, *plugins: str, presence: bool = False) -> Any:
+        c = await slix(server, jid, plugins=plugins or SERVICES, presence=presence, get_roster=False)
+        opened.append(c)
+        return c
+
+    yield go
+    await close_each(*opened)
 
 
 def condition(err: IqError) -> str:
     return str(err.iq["error"]["condition"])
 
 
-async def eventually(check: Callable[[], Any], what: str) -> None:
-    """Polls a condition that the server reaches asynchronously; the timeout is a safety net."""
-    async def go() -> None:
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(go(), TIMEOUT)
-    except TimeoutError:
-        pytest.fail(f"never happened: {what}")
+async def refusal(request: Awaitable[Any]) -> str:
+    """The condition of the error that answers a request the server must refuse."""
+    with pytest.raises(IqError) as e:
+        await request
+    return condition(e.value)
 
 
 # --- XEP-0115 verification strings (the XEP's own examples) ------------------------------
@@ -128,171 +125,137 @@ def test_verify_ver_against_disco_results() -> None:
 
 # --- disco ------------------------------------------------------------------------------
 
-async def test_server_disco_info_lists_every_module(make_server: ServerFactory) -> None:
+async def test_server_disco_info_lists_every_module(make_server: ServerFactory, client: Client) -> None:
     server = await make_server(im={"allow_cut_and_paste": False}, server={"name": "Acme Chat"})
     await add_user(server, ALICE)
     c = await client(server, ALICE)
-    try:
-        iq = await c.plugin["xep_0030"].get_info(jid=DOMAIN)
-        info = iq["disco_info"]
-        assert ("server", "im", "en", "Acme Chat") in info["identities"]
-        features = set(info["features"])
-        for var in (NS_INFO, "http://jabber.org/protocol/disco#items", "vcard-temp", NS_PRIVATE,
-                    "jabber:iq:version", "urn:xmpp:time", "urn:xmpp:ping", "jabber:iq:last"):
-            assert var in features, var
+    iq = await c.plugin["xep_0030"].get_info(jid=DOMAIN)
+    info = iq["disco_info"]
+    assert ("server", "im", "en", "Acme Chat") in info["identities"]
+    features = set(info["features"])
+    for var in (NS_INFO, "http://jabber.org/protocol/disco#items", "vcard-temp", NS_PRIVATE,
+                "jabber:iq:version", "urn:xmpp:time", "urn:xmpp:ping", "jabber:iq:last"):
+        assert var in features, var
 
-        forms: dict[str, dict[str, Element]] = {}
-        for x in iq.xml.iter("{jabber:x:data}x"):
-            fields = {f.get("var"): f for f in x.iter("{jabber:x:data}field")}
-            form_type = fields["FORM_TYPE"].findtext("{jabber:x:data}value")
-            assert fields["FORM_TYPE"].get("type") == "hidden"
-            forms[form_type] = fields
-        assert set(forms) == {NS_SERVERINFO, NS_CLIENT_POLICY}
-        policy = forms[NS_CLIENT_POLICY]
-        assert policy["allow-history-logging"].findtext("{jabber:x:data}value") == "true"
-        assert policy["allow-history-logging"].get("label") == "Allow clients to log instant message history"
-        assert policy["allow-cut-and-paste"].findtext("{jabber:x:data}value") == "false"
-        assert policy["allow-cut-and-paste"].get("label") == "Allow cut & paste"
+    forms: dict[str, dict[str, Element]] = {}
+    for x in iq.xml.iter("{jabber:x:data}x"):
+        fields = {f.get("var"): f for f in x.iter("{jabber:x:data}field")}
+        form_type = fields["FORM_TYPE"].findtext("{jabber:x:data}value")
+        assert fields["FORM_TYPE"].get("type") == "hidden"
+        forms[form_type] = fields
+    assert set(forms) == {NS_SERVERINFO, NS_CLIENT_POLICY}
+    policy = forms[NS_CLIENT_POLICY]
+    assert policy["allow-history-logging"].findtext("{jabber:x:data}value") == "true"
+    assert policy["allow-history-logging"].get("label") == "Allow clients to log instant message history"
+    assert policy["allow-cut-and-paste"].findtext("{jabber:x:data}value") == "false"
+    assert policy["allow-cut-and-paste"].get("label") == "Allow cut & paste"
 
-        items = await c.plugin["xep_0030"].get_items(jid=DOMAIN)
-        assert not list(items["disco_items"]["items"])
-    finally:
-        await close(c)
+    items = await c.plugin["xep_0030"].get_items(jid=DOMAIN)
+    assert not list(items["disco_items"]["items"])
 
 
-async def test_disco_unknown_node_is_item_not_found(server: Server) -> None:
+async def test_disco_unknown_node_is_item_not_found(server: Server, client: Client) -> None:
     await add_user(server, ALICE)
     c = await client(server, ALICE)
-    try:
-        for call in (c.plugin["xep_0030"].get_info, c.plugin["xep_0030"].get_items):
-            with pytest.raises(IqError) as e:
-                await call(jid=DOMAIN, node="urn:example:no-such-node")
-            assert condition(e.value) == "item-not-found"
-        with pytest.raises(IqError) as e:
-            await c.plugin["xep_0030"].get_info(jid=DOMAIN, node=f"{CAPS_NODE}#not-the-ver")
-        assert condition(e.value) == "item-not-found"
-    finally:
-        await close(c)
+    for call in (c.plugin["xep_0030"].get_info, c.plugin["xep_0030"].get_items):
+        assert await refusal(call(jid=DOMAIN, node="urn:example:no-such-node")) == "item-not-found"
+    ver_node = f"{CAPS_NODE}#not-the-ver"
+    assert await refusal(c.plugin["xep_0030"].get_info(jid=DOMAIN, node=ver_node)) == "item-not-found"
 
 
-async def test_account_disco(server: Server) -> None:
-    await add_user(server, ALICE)
-    await add_user(server, BOB)
+async def test_account_disco(server: Server, client: Client) -> None:
+    await users(server, ALICE, BOB)
     a = await client(server, ALICE)
-    try:
-        # Anyone may see what an account supports, online or not.
-        iq = await a.plugin["xep_0030"].get_info(jid=BOB)
-        info = iq["disco_info"]
-        assert ("account", "registered", None, None) in info["identities"]
-        assert "jabber:iq:last" in info["features"]
-        assert NS_INFO in info["features"]
+    # Anyone may see what an account supports, online or not.
+    iq = await a.plugin["xep_0030"].get_info(jid=BOB)
+    info = iq["disco_info"]
+    assert ("account", "registered", None, None) in info["identities"]
+    assert "jabber:iq:last" in info["features"]
+    assert NS_INFO in info["features"]
 
-        own = await a.plugin["xep_0030"].get_items(jid=ALICE)
-        assert not list(own["disco_items"]["items"])
-        with pytest.raises(IqError) as e:
-            await a.plugin["xep_0030"].get_items(jid=BOB)
-        assert condition(e.value) == "forbidden"
-        with pytest.raises(IqError) as e:
-            await a.plugin["xep_0030"].get_info(jid=f"nobody@{DOMAIN}")
-        assert condition(e.value) == "service-unavailable"
-        with pytest.raises(IqError) as e:
-            await a.plugin["xep_0030"].get_info(jid=BOB, node="urn:example:no-such-node")
-        assert condition(e.value) == "item-not-found"
-    finally:
-        await close(a)
+    own = await a.plugin["xep_0030"].get_items(jid=ALICE)
+    assert not list(own["disco_items"]["items"])
+    assert await refusal(a.plugin["xep_0030"].get_items(jid=BOB)) == "forbidden"
+    assert await refusal(a.plugin["xep_0030"].get_info(jid=f"nobody@{DOMAIN}")) == "service-unavailable"
+    no_node = a.plugin["xep_0030"].get_info(jid=BOB, node="urn:example:no-such-node")
+    assert await refusal(no_node) == "item-not-found"
 
 
-async def test_caps_stream_feature_verified_by_the_client(server: Server) -> None:
+async def test_caps_stream_feature_verified_by_the_client(server: Server, client: Client) -> None:
     await add_user(server, ALICE)
     c = await client(server, ALICE, "xep_0030", "xep_0128", "xep_0115")
-    try:
-        disco = server.modules["disco"]
-        ver = disco.caps.get("ver")  # type: ignore[attr-defined]
-        assert ver and disco.caps in server.stream_features  # type: ignore[attr-defined]
+    disco = server.modules["disco"]
+    ver = disco.caps.get("ver")  # type: ignore[attr-defined]
+    assert ver and disco.caps in server.stream_features  # type: ignore[attr-defined]
 
-        # slixmpp reads <c/> from the stream features, fetches node#ver and only keeps the
-        # string once its own hash of the answer matches.
-        async def client_verified() -> bool:
-            return await c.plugin["xep_0115"].get_verstring(DOMAIN) == ver
+    # slixmpp reads <c/> from the stream features, fetches node#ver and only keeps the
+    # string once its own hash of the answer matches.
+    async def client_verified() -> bool:
+        return await c.plugin["xep_0115"].get_verstring(DOMAIN) == ver
 
-        await eventually(client_verified, "slixmpp accepted the server's caps")
+    await eventually(client_verified, "slixmpp accepted the server's caps")
 
-        iq = await c.plugin["xep_0030"].get_info(jid=DOMAIN, node=f"{CAPS_NODE}#{ver}")
-        query = iq.xml.find(f"{{{NS_INFO}}}query")
-        assert query is not None and query.get("node") == f"{CAPS_NODE}#{ver}"
-        assert verify_ver(ver, query)
-        # The string covers modules that started after disco.
-        assert "jabber:iq:last" in parse_info(query).features
-    finally:
-        await close(c)
+    iq = await c.plugin["xep_0030"].get_info(jid=DOMAIN, node=f"{CAPS_NODE}#{ver}")
+    query = iq.xml.find(f"{{{NS_INFO}}}query")
+    assert query is not None and query.get("node") == f"{CAPS_NODE}#{ver}"
+    assert verify_ver(ver, query)
+    # The string covers modules that started after disco.
+    assert "jabber:iq:last" in parse_info(query).features
 
 
 # --- vCard-temp --------------------------------------------------------------------------
 
-async def test_vcard_set_and_get(server: Server) -> None:
-    await add_user(server, ALICE)
-    await add_user(server, BOB)
+async def test_vcard_set_and_get(server: Server, client: Client) -> None:
+    await users(server, ALICE, BOB)
     a = await client(server, ALICE)
     b = await client(server, BOB)
-    try:
-        # Nothing stored yet: an empty vCard, not an error.
-        empty = await b.plugin["xep_0054"].get_vcard(jid=ALICE, local=False)
-        assert len(empty.xml.find("{vcard-temp}vCard")) == 0
+    # Nothing stored yet: an empty vCard, not an error.
+    empty = await b.plugin["xep_0054"].get_vcard(jid=ALICE, local=False)
+    assert len(empty.xml.find("{vcard-temp}vCard")) == 0
 
-        card = a.plugin["xep_0054"].make_vcard()
-        card["FN"] = "Alice Liddell"
-        card["NICKNAME"] = "alice"
-        await a.plugin["xep_0054"].publish_vcard(card)
+    card = a.plugin["xep_0054"].make_vcard()
+    card["FN"] = "Alice Liddell"
+    card["NICKNAME"] = "alice"
+    await a.plugin["xep_0054"].publish_vcard(card)
 
-        # Own vCard, asked with no 'to' at all.
-        iq = a.make_iq_get()
-        iq.enable("vcard_temp")
-        own = await iq.send()
-        assert own["vcard_temp"]["FN"] == "Alice Liddell"
+    # Own vCard, asked with no 'to' at all.
+    iq = a.make_iq_get()
+    iq.enable("vcard_temp")
+    own = await iq.send()
+    assert own["vcard_temp"]["FN"] == "Alice Liddell"
 
-        other = await b.plugin["xep_0054"].get_vcard(jid=ALICE, local=False)
-        assert other["vcard_temp"]["FN"] == "Alice Liddell"
-        assert other["vcard_temp"]["NICKNAME"] == ["alice"]
-        assert other["from"] == ALICE
-    finally:
-        await close(a, b)
+    other = await b.plugin["xep_0054"].get_vcard(jid=ALICE, local=False)
+    assert other["vcard_temp"]["FN"] == "Alice Liddell"
+    assert other["vcard_temp"]["NICKNAME"] == ["alice"]
+    assert other["from"] == ALICE
 
 
-async def test_vcard_of_someone_else_cannot_be_set(server: Server) -> None:
-    await add_user(server, ALICE)
-    await add_user(server, BOB)
+async def test_vcard_of_someone_else_cannot_be_set(server: Server, client: Client) -> None:
+    await users(server, ALICE, BOB)
     a = await client(server, ALICE)
-    try:
-        card = a.plugin["xep_0054"].make_vcard()
-        card["FN"] = "Not Bob"
-        with pytest.raises(IqError) as e:
-            await a.plugin["xep_0054"].publish_vcard(card, jid=BOB)
-        assert condition(e.value) == "forbidden"
-        assert await server.repos.docs.get_vcard(BOB) is None
-    finally:
-        await close(a)
+    card = a.plugin["xep_0054"].make_vcard()
+    card["FN"] = "Not Bob"
+    assert await refusal(a.plugin["xep_0054"].publish_vcard(card, jid=BOB)) == "forbidden"
+    assert await server.repos.docs.get_vcard(BOB) is None
 
 
-async def test_oversized_vcard_is_refused(server: Server) -> None:
+async def test_oversized_vcard_is_refused(server: Server, client: Client) -> None:
     await add_user(server, ALICE)
     a = await client(server, ALICE)
-    try:
-        card = a.plugin["xep_0054"].make_vcard()
-        card["FN"] = "Alice"
-        await a.plugin["xep_0054"].publish_vcard(card)
-        big = a.plugin["xep_0054"].make_vcard()
-        big["FN"] = "Alice"
-        big["PHOTO"]["TYPE"] = "image/png"
-        big["PHOTO"]["BINVAL"] = b"\x89PNG" + b"\0" * 60000  # about 80 KB once in base64
-        with pytest.raises(IqError) as e:
-            await a.plugin["xep_0054"].publish_vcard(big)
-        assert condition(e.value) == "not-acceptable"
-        assert "65536" in e.value.iq["error"]["text"]
-        # The earlier vCard is untouched.
-        stored = await server.repos.docs.get_vcard(ALICE)
-        assert stored is not None and "BINVAL" not in stored
-    finally:
-        await close(a)
+    card = a.plugin["xep_0054"].make_vcard()
+    card["FN"] = "Alice"
+    await a.plugin["xep_0054"].publish_vcard(card)
+    big = a.plugin["xep_0054"].make_vcard()
+    big["FN"] = "Alice"
+    big["PHOTO"]["TYPE"] = "image/png"
+    big["PHOTO"]["BINVAL"] = b"\x89PNG" + b"\0" * 60000  # about 80 KB once in base64
+    with pytest.raises(IqError) as e:
+        await a.plugin["xep_0054"].publish_vcard(big)
+    assert condition(e.value) == "not-acceptable"
+    assert "65536" in e.value.iq["error"]["text"]
+    # The earlier vCard is untouched.
+    stored = await server.repos.docs.get_vcard(ALICE)
+    assert stored is not None and "BINVAL" not in stored
 
 
 # --- private XML storage ----------------------------------------------------------------------
@@ -312,101 +275,80 @@ def el(tag: str, text: str | None = None, **attrs: str) -> Element:
     return e
 
 
-async def test_private_storage_round_trip(server: Server) -> None:
+async def test_private_storage_round_trip(server: Server, client: Client) -> None:
     await add_user(server, ALICE)
     a = await client(server, ALICE)
-    try:
-        marks = el("{storage:bookmarks}storage")
-        marks.append(el("{storage:bookmarks}conference", jid="room@conference.example.test", name="Room"))
-        prefs = el("{urn:example:prefs}prefs", "dark")
-        await private_iq(a, "set", marks, prefs).send()
+    marks = el("{storage:bookmarks}storage")
+    marks.append(el("{storage:bookmarks}conference", jid="room@conference.example.test", name="Room"))
+    prefs = el("{urn:example:prefs}prefs", "dark")
+    await private_iq(a, "set", marks, prefs).send()
 
-        got = await private_iq(a, "get", el("{storage:bookmarks}storage")).send()
-        stored = got.xml.find(f"{{{NS_PRIVATE}}}query/{{storage:bookmarks}}storage")
-        assert stored is not None
-        assert stored.find("{storage:bookmarks}conference").get("name") == "Room"  # type: ignore[union-attr]
+    got = await private_iq(a, "get", el("{storage:bookmarks}storage")).send()
+    stored = got.xml.find(f"{{{NS_PRIVATE}}}query/{{storage:bookmarks}}storage")
+    assert stored is not None
+    assert stored.find("{storage:bookmarks}conference").get("name") == "Room"  # type: ignore[union-attr]
 
-        both = await private_iq(a, "get", el("{urn:example:prefs}prefs"),
-                                el("{urn:example:none}nothing"), to=ALICE).send()
-        query = both.xml.find(f"{{{NS_PRIVATE}}}query")
-        assert query is not None
-        assert query.findtext("{urn:example:prefs}prefs") == "dark"
-        # Nothing stored under a namespace: the empty element comes back.
-        nothing = query.find("{urn:example:none}nothing")
-        assert nothing is not None and len(nothing) == 0 and not nothing.text
-    finally:
-        await close(a)
+    both = await private_iq(a, "get", el("{urn:example:prefs}prefs"),
+                            el("{urn:example:none}nothing"), to=ALICE).send()
+    query = both.xml.find(f"{{{NS_PRIVATE}}}query")
+    assert query is not None
+    assert query.findtext("{urn:example:prefs}prefs") == "dark"
+    # Nothing stored under a namespace: the empty element comes back.
+    nothing = query.find("{urn:example:none}nothing")
+    assert nothing is not None and len(nothing) == 0 and not nothing.text
 
 
-async def test_private_storage_refusals(server: Server) -> None:
-    await add_user(server, ALICE)
-    await add_user(server, BOB)
+async def test_private_storage_refusals(server: Server, client: Client) -> None:
+    await users(server, ALICE, BOB)
     a = await client(server, ALICE)
-    try:
-        for reserved in (NS_PRIVATE, "jabber:client", "jabber:server"):
-            with pytest.raises(IqError) as e:
-                await private_iq(a, "set", el(f"{{{reserved}}}x")).send()
-            assert condition(e.value) == "not-acceptable"
+    for reserved in (NS_PRIVATE, "jabber:client", "jabber:server"):
+        assert await refusal(private_iq(a, "set", el(f"{{{reserved}}}x")).send()) == "not-acceptable"
 
-        # A set with one forbidden element stores none of them.
-        with pytest.raises(IqError) as e:
-            await private_iq(a, "set", el("{urn:example:ok}ok", "1"), el("{jabber:client}message")).send()
-        assert condition(e.value) == "not-acceptable"
-        assert await server.repos.docs.get_private(ALICE, "urn:example:ok") is None
+    # A set with one forbidden element stores none of them.
+    mixed = private_iq(a, "set", el("{urn:example:ok}ok", "1"), el("{jabber:client}message"))
+    assert await refusal(mixed.send()) == "not-acceptable"
+    assert await server.repos.docs.get_private(ALICE, "urn:example:ok") is None
 
-        for type_ in ("get", "set"):
-            with pytest.raises(IqError) as e:
-                await private_iq(a, type_, el("{urn:example:ok}ok", "1"), to=BOB).send()
-            assert condition(e.value) == "forbidden"
-        assert await server.repos.docs.get_private(BOB, "urn:example:ok") is None
-    finally:
-        await close(a)
+    for type_ in ("get", "set"):
+        others = private_iq(a, type_, el("{urn:example:ok}ok", "1"), to=BOB)
+        assert await refusal(others.send()) == "forbidden"
+    assert await server.repos.docs.get_private(BOB, "urn:example:ok") is None
 
 
 # --- version and time ------------------------------------------------------------------------
 
-async def test_version_and_time(server: Server) -> None:
+async def test_version_and_time(server: Server, client: Client) -> None:
     await add_user(server, ALICE)
     c = await client(server, ALICE)
-    try:
-        v = await c.plugin["xep_0092"].get_version(DOMAIN)
-        assert v["software_version"]["name"] == "Parley"
-        assert v["software_version"]["version"] == parley.__version__
-        assert v.xml.find("{jabber:iq:version}query/{jabber:iq:version}os") is None
+    v = await c.plugin["xep_0092"].get_version(DOMAIN)
+    assert v["software_version"]["name"] == "Parley"
+    assert v["software_version"]["version"] == parley.__version__
+    assert v.xml.find("{jabber:iq:version}query/{jabber:iq:version}os") is None
 
-        t = await c.plugin["xep_0202"].get_entity_time(DOMAIN)
-        assert t.xml.findtext("{urn:xmpp:time}time/{urn:xmpp:time}tzo") == "+00:00"
-        # Read as text: slixmpp's own accessor appends a second 'Z' to a compliant value.
-        text = t.xml.findtext("{urn:xmpp:time}time/{urn:xmpp:time}utc")
-        assert text is not None and text.endswith("Z")
-        utc = dt.datetime.fromisoformat(text)
-        assert utc.utcoffset() == dt.timedelta(0)
-        # A sanity bound on the clock it reports, far wider than any scheduling delay.
-        assert abs(utc - dt.datetime.now(dt.UTC)) < dt.timedelta(hours=1)
-    finally:
-        await close(c)
+    t = await c.plugin["xep_0202"].get_entity_time(DOMAIN)
+    assert t.xml.findtext("{urn:xmpp:time}time/{urn:xmpp:time}tzo") == "+00:00"
+    # Read as text: slixmpp's own accessor appends a second 'Z' to a compliant value.
+    text = t.xml.findtext("{urn:xmpp:time}time/{urn:xmpp:time}utc")
+    assert text is not None and text.endswith("Z")
+    utc = dt.datetime.fromisoformat(text)
+    assert utc.utcoffset() == dt.timedelta(0)
+    # A sanity bound on the clock it reports, far wider than any scheduling delay.
+    assert abs(utc - dt.datetime.now(dt.UTC)) < dt.timedelta(hours=1)
 
 
 # --- ping --------------------------------------------------------------------------------
 
-async def test_ping_server_and_own_account(server: Server) -> None:
-    await add_user(server, ALICE)
-    await add_user(server, BOB)
+async def test_ping_server_and_own_account(server: Server, client: Client) -> None:
+    await users(server, ALICE, BOB)
     c = await client(server, ALICE)
-    try:
-        await c.plugin["xep_0199"].send_ping(DOMAIN)
-        await c.plugin["xep_0199"].send_ping(ALICE)
-        with pytest.raises(IqError) as e:
-            await c.plugin["xep_0199"].send_ping(BOB)
-        assert condition(e.value) == "service-unavailable"
-    finally:
-        await close(c)
+    await c.plugin["xep_0199"].send_ping(DOMAIN)
+    await c.plugin["xep_0199"].send_ping(ALICE)
+    assert await refusal(c.plugin["xep_0199"].send_ping(BOB)) == "service-unavailable"
 
 
-async def test_silent_connection_is_pinged_then_closed(make_server: ServerFactory) -> None:
+async def test_silent_connection_is_pinged_then_closed(make_server: ServerFactory, client: Client) -> None:
     server = await make_server(c2s={"ping_interval": 0.5, "ping_timeout": 0.5})
-    await add_user(server, ALICE)
-    await add_user(server, BOB)
+    await users(server, ALICE, BOB)
 
     b = await client(server, f"{BOB}/live")
     pings_answered = 0
@@ -442,44 +384,35 @@ async def test_silent_connection_is_pinged_then_closed(make_server: ServerFactor
         await b.plugin["xep_0199"].send_ping(DOMAIN)
     finally:
         await raw.close()
-        await close(b)
 
 
 # --- last activity ------------------------------------------------------------------------
 
-async def test_last_activity(server: Server) -> None:
-    await add_user(server, ALICE)
-    await add_user(server, BOB)
+async def test_last_activity(server: Server, client: Client) -> None:
+    await users(server, ALICE, BOB)
     # Alice lets Bob see her presence: her roster has him with subscription 'from'.
     await server.repos.roster.save(ALICE, [RosterItem(BOB, subscription="from")])
     a = await client(server, ALICE)
     b = await client(server, BOB)
-    try:
-        up = await b.plugin["xep_0012"].get_last_activity(DOMAIN)
-        assert int(up["last_activity"]["seconds"]) >= 0
+    up = await b.plugin["xep_0012"].get_last_activity(DOMAIN)
+    assert int(up["last_activity"]["seconds"]) >= 0
 
-        online = await b.plugin["xep_0012"].get_last_activity(ALICE)
-        assert int(online["last_activity"]["seconds"]) == 0
-        mine = await b.plugin["xep_0012"].get_last_activity(BOB)
-        assert int(mine["last_activity"]["seconds"]) == 0
+    online = await b.plugin["xep_0012"].get_last_activity(ALICE)
+    assert int(online["last_activity"]["seconds"]) == 0
+    mine = await b.plugin["xep_0012"].get_last_activity(BOB)
+    assert int(mine["last_activity"]["seconds"]) == 0
 
-        # Bob has not given Alice his presence: she may not see his activity.
-        with pytest.raises(IqError) as e:
-            await a.plugin["xep_0012"].get_last_activity(BOB)
-        assert condition(e.value) == "forbidden"
-        with pytest.raises(IqError) as e:
-            await b.plugin["xep_0012"].get_last_activity(f"nobody@{DOMAIN}")
-        assert condition(e.value) == "service-unavailable"
+    # Bob has not given Alice his presence: she may not see his activity.
+    assert await refusal(a.plugin["xep_0012"].get_last_activity(BOB)) == "forbidden"
+    assert await refusal(b.plugin["xep_0012"].get_last_activity(f"nobody@{DOMAIN}")) == "service-unavailable"
 
-        a.send_presence(ptype="unavailable", pstatus="Gone fishing")
-        await close(a)
+    a.send_presence(ptype="unavailable", pstatus="Gone fishing")
+    await close_each(a)
 
-        async def recorded() -> bool:
-            return await server.repos.docs.get_last(ALICE) is not None
+    async def recorded() -> bool:
+        return await server.repos.docs.get_last(ALICE) is not None
 
-        await eventually(recorded, "alice's logout was recorded")
-        last = await b.plugin["xep_0012"].get_last_activity(ALICE)
-        assert int(last["last_activity"]["seconds"]) >= 0
-        assert last["last_activity"]["status"] == "Gone fishing"
-    finally:
-        await close(a, b)
+    await eventually(recorded, "alice's logout was recorded")
+    last = await b.plugin["xep_0012"].get_last_activity(ALICE)
+    assert int(last["last_activity"]["seconds"]) >= 0
+    assert last["last_activity"]["status"] == "Gone fishing"

@@ -22,10 +22,9 @@ import parley
 from parley.modules.disco import CAPS_NODE, NS_CLIENT_POLICY, NS_SERVERINFO
 from parley.server import Server
 from tests.clients import TIMEOUT
-from tests.conftest import DOMAIN, add_user
+from tests.conftest import add_user
+from tests.peer import ALICE, BOB, DOMAIN
 
-ALICE = f"alice@{DOMAIN}"
-BOB = f"bob@{DOMAIN}"
 SERVER = aioxmpp.JID.fromstr(DOMAIN)
 
 
