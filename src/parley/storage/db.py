@@ -40,7 +40,12 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(async_url(url), pool_pre_ping=not self.is_sqlite)
+        if self.is_sqlite:
+            # Reads use connect() and writes begin(), which ends its own transaction: the
+            # rollback the pool would add on every return is a wasted thread round trip.
+            self.engine: AsyncEngine = create_async_engine(async_url(url), pool_reset_on_return=None)
+        else:
+            self.engine = create_async_engine(async_url(url), pool_pre_ping=True)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
 
