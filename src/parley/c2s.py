@@ -11,6 +11,7 @@ import binascii
 import logging
 import secrets
 import ssl
+from collections import deque
 from typing import TYPE_CHECKING, Any
 from xml.etree.ElementTree import Element, SubElement
 
@@ -73,7 +74,9 @@ class C2SConnection(asyncio.Protocol):
             Limits(max_stanza_bytes=self.cfg.max_stanza_bytes, max_depth=self.cfg.max_depth,
                    max_attributes=self.cfg.max_attributes)
         )
-        self.queue: asyncio.Queue[StreamOpen | StanzaEvent | StreamClose | None] = asyncio.Queue()
+        # Parsed events wait here for the worker, a task that exists only while there is
+        # work: an idle connection holds no task.
+        self.pending: deque[StreamOpen | StanzaEvent | StreamClose | None] = deque()
         self.worker: asyncio.Task[None] | None = None
         self.paused = False
         self.closed = False
@@ -114,7 +117,6 @@ class C2SConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.last_rx = loop.time()
         self.auth_timer = loop.call_later(self.cfg.auth_timeout, self._auth_timeout)
-        self.worker = loop.create_task(self._work())
         self.server.c2s_connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -131,13 +133,17 @@ class C2SConnection(asyncio.Protocol):
                 # Nothing more may be read as XML: the next bytes are the TLS handshake.
                 assert self.transport is not None
                 self.transport.pause_reading()
-            self.queue.put_nowait(ev)
-        if not self.paused and self.queue.qsize() > QUEUE_HIGH and self.transport is not None:
+            self.pending.append(ev)
+        if events and self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+        if not self.paused and len(self.pending) > QUEUE_HIGH and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
-        self.queue.put_nowait(None)
+        self.pending.append(None)
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -211,9 +217,9 @@ class C2SConnection(asyncio.Protocol):
 
     async def _work(self) -> None:
         try:
-            while not self.closed:
-                ev = await self.queue.get()
-                if self.paused and self.queue.qsize() < QUEUE_LOW and self.transport is not None:
+            while self.pending and not self.closed:
+                ev = self.pending.popleft()
+                if self.paused and len(self.pending) < QUEUE_LOW and self.transport is not None:
                     self.paused = False
                     self.transport.resume_reading()
                 if ev is None or isinstance(ev, StreamClose):
@@ -228,6 +234,8 @@ class C2SConnection(asyncio.Protocol):
         except Exception:
             log.exception("internal error on connection %s", self.peer)
             self.close("internal-server-error")
+        finally:
+            self.worker = None
 
     def _on_stream_open(self, ev: StreamOpen) -> None:
         to = ev.attrs.get("to", "")
