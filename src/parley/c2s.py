@@ -159,6 +159,10 @@ class C2SConnection(asyncio.Protocol):
         """The connection is gone: end the session, or keep it for resumption (XEP-0198)."""
         if not self.bound:
             return
+        if self.csi is not None and self.sm is not None:
+            # What client state indication held back must be counted before the session
+            # waits for resumption, so that a resumed session gets it.
+            self.csi.flush()
         if not clean and self.sm is not None and self.sm.hibernate():
             return
         self.bound = False
