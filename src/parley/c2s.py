@@ -195,6 +195,10 @@ class C2SConnection(asyncio.Protocol):
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         if self.closed or self.transport is None:
+            if self.sm is not None and self.sm.hibernating and condition != "connection-timeout":
+                # A session waiting for resumption that the server ends (account disabled,
+                # deleted, shutdown) ends now.
+                self.sm.end_now()
             return
         out = b""
         if not self.stream_open:

@@ -14,6 +14,7 @@ A handler returns True when it has dealt with the stanza; the router then stops.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -153,5 +154,8 @@ class Router:
             jid = JID.parse(to)
         except InvalidJID:
             return
-        if jid.resource and self.is_local(jid.domain):
+        if not self.is_local(jid.domain):
+            # Components and, later, other servers: the error takes the remote route.
+            asyncio.get_running_loop().create_task(self.route(reply))
+        elif jid.resource:
             self.deliver_full(jid, reply)

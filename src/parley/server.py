@@ -139,6 +139,9 @@ class Server:
             self.ports["c2s_tls"] = tls.sockets[0].getsockname()[1]
         log.info("listening for clients on %s port %s (STARTTLS) and %s (direct TLS)",
                  c2s.host, self.ports.get("c2s"), self.ports.get("c2s_tls", "-"))
+        if self.config.components.enabled:
+            from parley.component import ComponentService
+            self.modules["component"] = await ComponentService.listen(self)
 
     async def stop(self) -> None:
         for srv in self._servers:

@@ -125,6 +125,8 @@ class OfflineModule(Module):
                                             self.config.im.max_offline_per_user)
         if not ok:
             self.log.info("offline store of %s is full", owner)
+        else:
+            await self.server.signals.emit("message-offline", ctx)
         return ok
 
     async def _flush(self, session: Session) -> None:

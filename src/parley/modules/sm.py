@@ -95,6 +95,11 @@ class SMState:
             self.unacked.popleft()
         return True
 
+    def end_now(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self._expire()
+
     def _expire(self) -> None:
         self.timer = None
         conn = self.conn
