@@ -44,7 +44,13 @@ class Database:
         if self.is_sqlite:
             # Reads use connect() and writes begin(), which ends its own transaction: the
             # rollback the pool would add on every return is a wasted thread round trip.
-            self.engine: AsyncEngine = create_async_engine(async_url(url), pool_reset_on_return=None)
+            # SQLite has one writer at a time: one connection that writes, in turn, never
+            # meets "database is locked"; BEGIN IMMEDIATE takes the write lock up front so a
+            # transaction that reads first cannot fail when it comes to write.
+            self.engine: AsyncEngine = create_async_engine(
+                async_url(url), pool_reset_on_return=None, pool_size=1, max_overflow=0, pool_timeout=60,
+            )
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
         else:
             self.engine = create_async_engine(async_url(url), pool_pre_ping=True)
         self._reader: sa.Engine | None = None
@@ -141,7 +147,13 @@ def _sqlite_reader_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-unty
     cur.close()
 
 
+def _sqlite_begin_immediate(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    # The driver's own implicit BEGIN is off: _sqlite_begin_immediate starts transactions.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     # WAL lets readers run beside the writer; FULL makes a commit durable before we ack it.
     cur.execute("PRAGMA journal_mode=WAL")
