@@ -1009,3 +1009,46 @@ def test_fuzz_only_events_or_stream_errors() -> None:
                     parser.reset()
         except StreamError as exc:
             assert isinstance(exc.condition, str) and exc.condition
+
+
+class TestCompact:
+    """An idle stream lets go of its expat parser and continues in a new one."""
+
+    HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+              b"xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>")
+
+    def test_continues_after_compaction(self) -> None:
+        p = XMLStreamParser()
+        p.feed(self.HEADER)
+        first = p.feed(b"<message to='a@b'><body>one</body></message>")
+        assert len(first) == 1
+        assert p.compact()
+        assert not p.compact()  # nothing left to release
+        events = p.feed(b" <message to='a@b'><body>two</body></message><presence/>")
+        assert [type(e).__name__ for e in events] == ["StanzaEvent", "StanzaEvent"]
+        assert events[0].element.findtext("{jabber:client}body") == "two"
+        assert events[0].element.tag == "{jabber:client}message"
+
+    def test_not_in_the_middle_of_a_stanza(self) -> None:
+        p = XMLStreamParser()
+        p.feed(self.HEADER)
+        p.feed(b"<message to='a@b'><bo")
+        assert not p.compact()
+        events = p.feed(b"dy>x</body></message>")
+        assert events[0].element.findtext("{jabber:client}body") == "x"
+
+    def test_limits_still_apply_after_compaction(self) -> None:
+        p = XMLStreamParser(Limits(max_stanza_bytes=1024))
+        p.feed(self.HEADER + b"<presence/>")
+        assert p.compact()
+        with pytest.raises(StreamError) as err:
+            p.feed(b"<message><body>" + b"x" * 4096 + b"</body></message>")
+        assert err.value.condition == "policy-violation"
+        with pytest.raises(StreamError):
+            p.feed(b"<presence/>")
+
+    def test_end_of_stream_after_compaction(self) -> None:
+        p = XMLStreamParser()
+        p.feed(self.HEADER + b"<presence/>")
+        assert p.compact()
+        assert [type(e).__name__ for e in p.feed(b"</stream:stream>")] == ["StreamClose"]

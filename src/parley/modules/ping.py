@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 NS_PING = "urn:xmpp:ping"
 # A long sweep period would make the timeout that much less precise for no gain.
 MAX_SWEEP_PERIOD = 30.0
+# Seconds of silence after which a connection gives back its XML parser's memory.
+COMPACT_AFTER = 10.0
 
 
 class Ping(Module):
@@ -93,6 +95,10 @@ class Ping(Module):
                 # A session kind that watches its own liveness (or cannot be pinged).
                 continue
             silent = now - last_rx
+            if silent >= COMPACT_AFTER:
+                parser = getattr(session, "parser", None)
+                if parser is not None:
+                    parser.compact()
             if silent >= c2s.ping_interval + c2s.ping_timeout:
                 self.log.info("closing %s: silent for %.1f s", session.jid, silent)
                 session.close("connection-timeout", f"no answer from the client for {silent:.0f} s")

@@ -260,6 +260,8 @@ class XMLStreamParser:
         events: list[Event] = []
         self._events = events
         try:
+            if self._p is None:
+                self._rotate()
             step = self._slice
             if len(data) <= step:
                 self._parse(data)
@@ -273,6 +275,27 @@ class XMLStreamParser:
         except expat.ExpatError as exc:
             self._fail(_from_expat(exc))
         return events
+
+    def compact(self) -> bool:
+        """Let go of the expat parser of a stream that sits between stanzas.
+
+        An idle connection then holds no parser memory; the next feed continues the
+        stream in a fresh parser, as _rotate does. Only done when the last bytes fed
+        ended a stanza, so expat holds no unfinished token that would be lost."""
+        if (
+            self._p is None
+            or self._header is None
+            or self._depth != 1
+            or self._closed
+            or self._error is not None
+            or self._carry
+            or not self._chunk.rstrip(_WS_BYTES).endswith(b">")
+        ):
+            return False
+        self._p = None
+        self._intern = {}
+        self._tb = TreeBuilder()
+        return True
 
     # -- internals ---------------------------------------------------------
 
