@@ -1,5 +1,9 @@
 """Private XML storage (XEP-0049): a user keeps XML documents, one per namespace, that
-only they can read and write (older clients keep their bookmarks here)."""
+only they can read and write (older clients keep their bookmarks here).
+
+After a set, the server signal ``private-updated`` (owner, element) is emitted for each
+stored element.
+"""
 
 from __future__ import annotations
 
@@ -89,6 +93,14 @@ class PrivateStorage(Module):
             payload[namespace(el.tag)] = serialize(el, "").decode("utf-8")
         # One transaction for all of them: a set either stores every element or none.
         await self.repos.docs.set_private(str(ctx.to), payload)
+        # Listeners keep other stores in step (legacy bookmarks with XEP-0402, say) before
+        # the acknowledgement, so that a client that has it reads the same data everywhere;
+        # the document is stored and acknowledged whatever they do.
+        for el in docs:
+            try:
+                await self.server.signals.emit("private-updated", str(ctx.to), el)
+            except Exception:
+                self.log.exception("a private-updated listener failed for %s", namespace(el.tag))
         await self._reply(ctx)
         return True
 

@@ -82,6 +82,10 @@ class UserRepo:
                 await c.execute(table.delete().where(table.c.owner == jid))
             # Other users keep no dangling items pointing at a deleted account.
             await c.execute(t.roster.delete().where(t.roster.c.contact == jid))
+            for table in (t.archive, t.archive_prefs, t.push_registrations, t.privacy_lists):
+                await c.execute(table.delete().where(table.c.owner == jid))
+            for table in (t.pubsub_nodes, t.pubsub_items, t.pubsub_subscriptions, t.pubsub_affiliations):
+                await c.execute(table.delete().where(table.c.service == jid))
 
     async def set_credentials(self, jid: str, creds: dict[str, ScramCredentials]) -> None:
         async with self.db.begin() as c:
