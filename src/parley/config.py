@@ -140,6 +140,10 @@ class ArchiveSection(_Section):
     retention_days: int = Field(0, ge=0)
     default_mode: Literal["always", "roster", "never"] = "always"
     max_page: int = Field(100, ge=1, le=1000)
+    # true: a message is delivered only once it is committed to the archive (one commit per
+    # message of a sender). false: archived in group commits right after delivery; stream
+    # management acknowledgements and archive queries still wait for the commit.
+    synchronous: bool = False
 
 
 class RegistrationSection(_Section):

@@ -88,6 +88,9 @@ class Server:
         # namespaces a client may use then: namespace -> handler(iq, connection).
         self.preauth_features: list[Element] = []
         self.preauth_iq: dict[str, Callable[[Element, C2SConnection], Awaitable[None]]] = {}
+        # What must be committed before the server acknowledges a client's stanzas
+        # (stream management): write-behind stores register a wait here.
+        self.durability: list[Callable[[], Awaitable[None]]] = []
         self.modules: dict[str, Module] = {}
         self.c2s_connections: set[C2SConnection] = set()
         self.tls_context: ssl.SSLContext | None = None

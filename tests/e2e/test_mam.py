@@ -20,7 +20,7 @@ from slixmpp import JID
 from parley.modules.mam import Mam
 from parley.server import Server
 from parley.storage.archive import ArchiveEntry, ArchiveFilter
-from tests.clients import close_all, eventually
+from tests.clients import Raw, close_all, eventually
 from tests.conftest import ServerFactory, subscribed, users
 from tests.peer import (
     ALICE,
@@ -305,14 +305,16 @@ async def test_archive_disabled(make_server: ServerFactory, connect: Connect) ->
     assert NS_MAM not in {f.get("var") for f in info.iter(f"{{{NS_DISCO_INFO}}}feature")}
 
 
-async def test_an_archive_failure_refuses_the_message(server: Server, connect: Connect,
+async def test_an_archive_failure_refuses_the_message(make_server: ServerFactory, connect: Connect,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # With synchronous archiving a message is delivered only once it is in the archive.
+    server = await make_server(archive={"synchronous": True})
     await users(server, ALICE, BOB)
     alice = await connect(server, f"{ALICE}/desk")
     bob = await connect(server, f"{BOB}/desk")
     mam: Mam = server.module("mam")  # type: ignore[assignment]
 
-    async def broken(entries: object) -> None:
+    async def broken(entries: object, wait: bool = True) -> None:
         raise sa.exc.OperationalError("INSERT INTO archive", {}, Exception("disk I/O error"))
 
     monkeypatch.setattr(mam.archive, "append", broken)
@@ -595,3 +597,20 @@ async def test_the_archive_on_postgres(make_server: ServerFactory, pg_server: Pg
                                            f"<message to='{BOB}'><body>old</body></message>")])
     assert await mam.purge() == 1
     assert len((await archive(bob)).results) == 4
+
+
+async def test_write_behind_archive_is_committed_before_an_ack(server: Server) -> None:
+    """Archiving in group commits after delivery: a stream management ack of the sender's
+    message, or an archive query, comes only once the message is committed."""
+    await users(server, ALICE, BOB)
+    raw = await Raw.open(server)
+    await raw.login("alice", "secret", resource="sm")
+    raw.send("<enable xmlns='urn:xmpp:sm:3'/>")
+    await raw.read_until(b"/>")
+    raw.send(f"<message to='{BOB}' type='chat'><body>kept</body></message><r xmlns='urn:xmpp:sm:3'/>")
+    await raw.read_until(b"<a xmlns")
+    mam: Mam = server.module("mam")  # type: ignore[assignment]
+    assert not mam.archive._waiting and mam.archive._writer is None
+    page = await mam.archive.query(BOB, ArchiveFilter(), limit=10)
+    assert [m.stanza.count("kept") for m in page.items] == [1]
+    await raw.close()

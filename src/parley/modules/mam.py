@@ -141,10 +141,12 @@ class Mam(Module):
             return
         self.hooks.add(f"iq-set/bare/{NS_MAM}", self._on_set)
         self.hooks.add(f"iq-get/bare/{NS_MAM}", self._on_get)
+        self.server.durability.append(self.archive.flushed)
         if self.config.archive.retention_days > 0:
             self._purger = asyncio.get_running_loop().create_task(self._purge_forever())
 
     async def stop(self) -> None:
+        await self.archive.flushed()
         if self._purger is not None:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -216,7 +218,8 @@ class Mam(Module):
         xml = serialize(stanza).decode()
         now = time.time()
         entries = [ArchiveEntry(owner, new_stanza_id(), peer, now, xml) for owner, peer in sides]
-        await self.archive.append(entries)
+        # Write-behind in group commits: acknowledgements wait for it (server.durability).
+        await self.archive.append(entries, wait=self.config.archive.synchronous)
         delivery.notes[self.name] = [(e.owner, e.stanza_id) for e in entries]
         for e in entries:
             delivery.stanza_ids[e.owner] = e.stanza_id

@@ -86,6 +86,16 @@ class PolicyModule(Module):
             return subscribed or matches(pol.allow, other)
         return True
 
+    async def may_send_presence(self, frm: JID, to: JID, probe: bool = False) -> bool:
+        """Whether presence from `frm` may reach `to` (with `probe`: whether `frm` may probe
+        `to`) under the privacy lists (XEP-0016) and invisibility (XEP-0186) of both ends.
+        The block list and the default policy stay with may_see and is_blocked."""
+        for name in ("invisible", "privacy"):
+            check = getattr(self.server.modules.get(name), "may_send_presence", None)
+            if check is not None and not await check(frm, to, probe):
+                return False
+        return True
+
     async def auto_approve(self, owner: str, requester: JID) -> bool | None:
         """True: approve; False: ask the user; None: refuse (blocked)."""
         pol = await self.get(owner)

@@ -161,11 +161,13 @@ class PresenceModule(Module):
         if not await self.policy.may_see(str(me.bare), cjid, subscribed=True):
             return
         if not self.server.is_local_user_domain(cjid):
-            await self.router.route(_with_to(stanza, contact))
+            if await self.policy.may_send_presence(me, cjid):
+                await self.router.route(_with_to(stanza, contact))
             return
         if await self.policy.is_blocked(contact, me):
             return
-        sessions = [s for s in self.router.sessions.of(contact) if s.available]
+        sessions = [s for s in self.router.sessions.of(contact)
+                    if s.available and await self.policy.may_send_presence(me, s.jid)]
         if sessions:
             data = serialize(_with_to(stanza, contact))
             for s in sessions:
@@ -180,13 +182,15 @@ class PresenceModule(Module):
         except InvalidJID:
             return
         if not self.server.is_local_user_domain(owner_jid):
-            if probe:
+            if probe and await self.policy.may_send_presence(to, owner_jid, probe=True):
                 await self.router.route(_presence("probe", str(to.bare), owner))
             return
         if not await self.policy.may_see(owner, to, subscribed=True) or await self.policy.is_blocked(str(to.bare), owner_jid):
             return
+        if probe and not await self.policy.may_send_presence(to, owner_jid, probe=True):
+            return
         for s in self.router.sessions.of(owner):
-            if s.available and s.presence is not None:
+            if s.available and s.presence is not None and await self.policy.may_send_presence(s.jid, to):
                 await self._deliver(to, _with_to(s.presence, str(to)))
 
     async def _deliver(self, to: JID, stanza: Element) -> None:

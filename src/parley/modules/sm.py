@@ -145,7 +145,11 @@ class StreamManagement(Module):
             if st is None:
                 self._failed(conn, "unexpected-request")
             else:
-                self._write(conn, f"<a xmlns='{NS_SM}' h='{st.h_in}'/>")
+                h = st.h_in
+                # Acknowledged means kept: write-behind stores commit first.
+                for barrier in self.server.durability:
+                    await barrier()
+                self._write(conn, f"<a xmlns='{NS_SM}' h='{h}'/>")
             return True
         if kind == "a":
             if st is not None:

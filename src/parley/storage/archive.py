@@ -6,7 +6,9 @@ the order the server archived them in; the ``stanza_id`` is the id clients see.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +26,9 @@ class UnknownArchiveId(Exception):
     def __init__(self, stanza_id: str):
         super().__init__(stanza_id)
         self.stanza_id = stanza_id
+
+
+log = logging.getLogger("parley.mam")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,21 +78,77 @@ class ArchivePage:
 class ArchiveRepo:
     def __init__(self, db: Database):
         self.db = db
+        # Group commit: messages that arrive while a write is in flight share the next
+        # transaction, so a busy server pays one durable commit per batch, not per message.
+        self._waiting: list[tuple[list[dict[str, object]], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
-    async def append(self, entries: Sequence[ArchiveEntry]) -> None:
+    async def append(self, entries: Sequence[ArchiveEntry], wait: bool = True) -> None:
         """Both sides of a conversation in one transaction: a message is in every archive
-        it belongs to, or in none."""
+        it belongs to, or in none. With `wait`, returns once that transaction is
+        committed; without, the write joins the next batch and `flushed()` waits for it."""
         if not entries:
             return
+        rows: list[dict[str, object]] = [
+            {"owner": e.owner, "stanza_id": e.stanza_id, "peer": e.peer, "ts": e.ts, "stanza": e.stanza}
+            for e in entries
+        ]
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((rows, done))
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_batches())
+        if wait:
+            await done
+        else:
+            done.add_done_callback(_log_failure)
+
+    async def flushed(self) -> None:
+        """Wait until every message appended so far is committed."""
+        if not self._waiting and self._writer is None:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(([], done))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_batches())
+        try:
+            await done
+        except Exception:
+            pass  # the failed rows were logged; the barrier itself only waits
+
+    async def _write_batches(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    await self._insert([r for rows, _ in batch for r in rows])
+                except Exception:
+                    # One bad message must not fail the others: each goes on its own.
+                    for rows, done in batch:
+                        try:
+                            await self._insert(rows)
+                        except Exception as e:
+                            if not done.done():
+                                done.set_exception(e)
+                        else:
+                            if not done.done():
+                                done.set_result(None)
+                    continue
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+        finally:
+            self._writer = None
+
+    async def _insert(self, rows: list[dict[str, object]]) -> None:
+        if not rows:
+            return
         async with self.db.begin() as c:
-            await c.execute(
-                t.archive.insert(),
-                [{"owner": e.owner, "stanza_id": e.stanza_id, "peer": e.peer, "ts": e.ts, "stanza": e.stanza}
-                 for e in entries],
-            )
+            await c.execute(t.archive.insert(), rows)
 
     async def remove(self, keys: Iterable[tuple[str, str]]) -> None:
         """Delete (owner, stanza id) rows."""
+        await self.flushed()
         keys = list(keys)
         if not keys:
             return
@@ -96,18 +157,21 @@ class ArchiveRepo:
                 await c.execute(t.archive.delete().where(t.archive.c.owner == owner, t.archive.c.stanza_id == sid))
 
     async def delete_owner(self, owner: str) -> None:
+        await self.flushed()
         async with self.db.begin() as c:
             await c.execute(t.archive.delete().where(t.archive.c.owner == owner))
             await c.execute(t.archive_prefs.delete().where(t.archive_prefs.c.owner == owner))
 
     async def purge_before(self, ts: float) -> int:
         """Delete every message archived before `ts`; returns how many went."""
+        await self.flushed()
         async with self.db.begin() as c:
             res = await c.execute(t.archive.delete().where(t.archive.c.ts < ts))
             return int(res.rowcount or 0)
 
     async def bounds(self, owner: str) -> tuple[ArchivedMessage, ArchivedMessage] | None:
         """The oldest and the newest message of the archive (XEP-0313 metadata)."""
+        await self.flushed()
         base = sa.select(t.archive).where(t.archive.c.owner == owner).limit(1)
         async with self.db.connect() as c:
             first = (await c.execute(base.order_by(t.archive.c.id))).first()
@@ -118,6 +182,7 @@ class ArchiveRepo:
 
     async def contains(self, owner: str, stanza_id: str, peer: str) -> bool:
         """Whether the owner's archive has that message, exchanged with that peer."""
+        await self.flushed()
         async with self.db.connect() as c:
             found = await c.scalar(sa.select(t.archive.c.id).where(
                 t.archive.c.owner == owner, t.archive.c.stanza_id == stanza_id, t.archive.c.peer == peer))
@@ -127,6 +192,7 @@ class ArchiveRepo:
                     before: str | None = None, backwards: bool = False) -> ArchivePage:
         """One page of the result set; `after`/`before` are RSM bounds (archive ids) and
         `backwards` pages from the end (RSM <before/>). Raises UnknownArchiveId."""
+        await self.flushed()
         async with self.db.connect() as c:
             lower: list[int] = []
             upper: list[int] = []
@@ -197,3 +263,8 @@ class ArchiveRepo:
 
 def _row(r: sa.Row[tuple[object, ...]]) -> ArchivedMessage:
     return ArchivedMessage(int(r.id), r.stanza_id, r.peer, float(r.ts), r.stanza)
+
+
+def _log_failure(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("writing to the message archive failed: %s", done.exception())
