@@ -39,6 +39,9 @@ class Routed:
     frm: JID
     to: JID
     origin: Session | None  # the local session it came from, if any
+    # Sent again by the server (a session ended before acknowledging it): features that
+    # already acted on the first delivery (push, archive) do not act twice.
+    rerouted: bool = False
 
     @property
     def target(self) -> str:
@@ -78,7 +81,7 @@ class Router:
     def is_local(self, domain: str) -> bool:
         return domain in self.server.hosts
 
-    async def route(self, stanza: Element, origin: Session | None = None) -> None:
+    async def route(self, stanza: Element, origin: Session | None = None, *, rerouted: bool = False) -> None:
         kind = local_name(stanza.tag)
         type_ = stanza.get("type") or ("get" if kind == "iq" else "normal" if kind == "message" else "available")
         try:
@@ -88,7 +91,7 @@ class Router:
         except InvalidJID as e:
             self.bounce(stanza, "jid-malformed", str(e), origin)
             return
-        ctx = Routed(stanza, kind, type_, frm, to, origin)
+        ctx = Routed(stanza, kind, type_, frm, to, origin, rerouted)
         if not self.is_local(to.domain):
             # No federation yet: remote domains cannot be reached.
             if not await self.hooks.fire("route/remote", ctx):

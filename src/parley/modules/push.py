@@ -163,7 +163,8 @@ class PushModule(Module):
         return False
 
     async def _offline(self, ctx: Routed) -> None:
-        if not self._worth(ctx):
+        # A message handed on from an ended session was notified when it first came.
+        if ctx.rerouted or not self._worth(ctx):
             return
         await self._notify(str(ctx.to.bare), ctx, None)
 

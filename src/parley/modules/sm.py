@@ -249,7 +249,7 @@ class StreamManagement(Module):
         again.set("to", session.bare)
         if again.find(q(NS_DELAY, "delay")) is None:
             SubElement(again, q(NS_DELAY, "delay"), {"from": self.server.domain, "stamp": utc_stamp()})
-        await self.router.route(again)
+        await self.router.route(again, rerouted=True)
 
 
 module_class = StreamManagement
