@@ -31,7 +31,7 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("certs")
     cert, key = d / "server.pem", d / "server.key"
-    self_signed([DOMAIN, OTHER_DOMAIN, "localhost"], cert, key)
+    self_signed([DOMAIN, OTHER_DOMAIN, "localhost", "127.0.0.1"], cert, key)
     return cert, key
 
 
@@ -50,6 +50,7 @@ def server_config(tmp_path: Path, cert_pair: tuple[Path, Path], storage_url: str
     base = {
         "server": {"domain": DOMAIN, "data_dir": str(tmp_path)},
         "c2s": {"port": 0, "tls_port": 0},
+        "upload": {"port": 0},
         "tls": {"cert": str(cert_pair[0]), "key": str(cert_pair[1])},
         "storage": {"url": storage_url or f"sqlite:///{tmp_path}/parley.db"},
     }

@@ -103,6 +103,8 @@ def write_initial(directory: Path, domain: str, c2s_port: int, c2s_tls_port: int
         "c2s": {"host": "127.0.0.1", "port": c2s_port, "tls_port": c2s_tls_port},
         "tls": {"cert": "certs/server.pem", "key": "certs/server.key"},
         "storage": {"url": "sqlite:///parley.db"},
+        # Clients fetch uploads by the domain's name, which the certificate carries.
+        "upload": {"host": "127.0.0.1", "port": 5280, "public_url": f"https://{domain}:5280"},
     }
     cfg = from_dict(data, directory.resolve())
     cfg_path.write_text("# Parley configuration; see docs/configuration.md for every setting.\n" + tomli_w.dumps(data))

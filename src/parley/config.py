@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -181,6 +182,31 @@ class ComponentsSection(_Section):
     components: list[ComponentSection] = []
 
 
+class UploadSection(_Section):
+    # XEP-0363 HTTP file upload, served by the server itself (SPEC C5), under im.file_transfer.
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(5280, ge=0, le=65535)
+    # The base of the URLs clients are given; unset, it is built from host and port.
+    public_url: str | None = None
+    # HTTPS with the server certificate; plain HTTP only behind a TLS proxy or in labs.
+    tls: bool = True
+    max_file_size: int = Field(10 * 1024 * 1024, ge=1)
+    quota_per_user: int = Field(100 * 1024 * 1024, ge=0)  # bytes kept per user; 0 = no limit
+    expiry_days: int = Field(30, ge=0)  # 0 = files are kept forever
+    storage_dir: str = "uploads"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_ok(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("must be an http:// or https:// URL without a query")
+        return v.rstrip("/")
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -201,6 +227,7 @@ class Config(_Section):
     external_services: list[ExternalService] = []
     push: PushSection = PushSection()
     components: ComponentsSection = ComponentsSection()
+    upload: UploadSection = UploadSection()
 
     # Where the file was read from; relative paths in it are relative to this folder.
     base_dir: Path = Path(".")

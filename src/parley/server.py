@@ -54,6 +54,7 @@ CORE_MODULES = (
     "push",
     "privacy",
     "invisible",
+    "upload",
 )
 
 NonzaHandler = Callable[[Element, "C2SConnection"], Awaitable[bool]]

@@ -49,7 +49,7 @@ async def test_server_disco_info(server: Server) -> None:
         assert ("server", "im") in {(i.category, i.type_) for i in info.identities}
         assert {"vcard-temp", "urn:xmpp:ping", "jabber:iq:version", "jabber:iq:last",
                 "http://jabber.org/protocol/disco#info"} <= set(info.features)
-        assert {form.get_form_type() for form in info.exts} == {NS_SERVERINFO, NS_CLIENT_POLICY}
+        assert {NS_SERVERINFO, NS_CLIENT_POLICY} <= {form.get_form_type() for form in info.exts}
 
         # aioxmpp's own XEP-0115 hash of the answer is the ver in the stream features.
         ver = server.modules["disco"].caps.get("ver")  # type: ignore[attr-defined]

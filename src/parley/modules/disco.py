@@ -3,10 +3,11 @@
 
 Features are not registered here: every loaded module declares ``server_features`` and
 ``account_features``, and may declare ``server_identities`` / ``account_identities``
-(tuples of :class:`~parley.xmpp.caps.Identity`). They are read at query time because this
-module loads first. A module that serves disco nodes of its own (ad-hoc commands, say)
-hooks the same ``iq-get/.../disco#...`` events with a higher priority and answers the
-nodes it owns; every other node is ``item-not-found`` here.
+(tuples of :class:`~parley.xmpp.caps.Identity`) and ``extra_forms`` (XEP-0128
+:class:`ExtendedInfo` forms for the server's disco#info). They are read at query time
+because this module loads first. A module that serves disco nodes of its own (ad-hoc
+commands, say) hooks the same ``iq-get/.../disco#...`` events with a higher priority and
+answers the nodes it owns; every other node is ``item-not-found`` here.
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ class Disco(Module):
                           "Allow cut & paste"),
             )),
         ]
+        for mod in self.server.modules.values():
+            forms.extend(getattr(mod, "extra_forms", ()))
         return identities, features, forms
 
     def account_info(self) -> tuple[list[Identity], list[str]]:

@@ -234,3 +234,27 @@ privacy_lists = Table(
     Column("is_default", Boolean, nullable=False, default=False),
     UniqueConstraint("owner", "name", name="uq_privacy_list"),
 )
+
+# --- file transfer --------------------------------------------------------------------------
+
+# HTTP upload slots and the files put into them (XEP-0363); also what the compliance archive
+# reads about file transfers. `token` authorises the one PUT; `path` (relative to the upload
+# folder: random directory, then the file name) is also the file's address, so it is unique.
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("owner", String(1023), nullable=False),
+    Column("token", String(64), nullable=False),
+    Column("filename", String(1023), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
+    # NULL until the file has been received in full.
+    Column("uploaded_at", Float, nullable=True),
+    Column("path", String(1023), nullable=False),
+    UniqueConstraint("token", name="uq_uploads_token"),
+    UniqueConstraint("path", name="uq_uploads_path"),
+)
+Index("ix_uploads_owner_created", uploads.c.owner, uploads.c.created_at)
+Index("ix_uploads_created", uploads.c.created_at)
