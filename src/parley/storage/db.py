@@ -58,9 +58,11 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             # Reads of an embedded database take microseconds: they run on the event loop's
             # thread, on a connection of their own, instead of a thread round trip each.
+            # A pool, not one connection per thread: two reads that overlap (a coroutine
+            # suspended inside one) must never share a connection and its cursors.
             self._reader = sa.create_engine(
-                url, poolclass=sa.pool.SingletonThreadPool, pool_reset_on_return=None,
-                connect_args={"check_same_thread": False},
+                url, poolclass=sa.pool.QueuePool, pool_size=4, max_overflow=-1,
+                pool_reset_on_return=None, connect_args={"check_same_thread": False},
             )
             event.listen(self._reader, "connect", _sqlite_reader_pragmas)
 
