@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from xml.etree.ElementTree import Element
+
+from parley.xmpp.stanza import iq_result
 
 if TYPE_CHECKING:
+    from parley.router import Routed
     from parley.server import Server
 
 
@@ -29,6 +33,19 @@ class Module:
 
     async def stop(self) -> None:
         """Flush what must be kept; called before the database closes."""
+
+    async def reply(self, ctx: Routed, *payload: Element) -> None:
+        """Answer an iq with a result: straight to a local session, else through the router."""
+        result = iq_result(ctx.stanza, *payload)
+        if ctx.origin is not None:
+            ctx.origin.send(result)
+        else:
+            await self.router.route(result)
+
+    def refuse(self, ctx: Routed, condition: str, text: str | None = None) -> bool:
+        """Answer a stanza with an error; True, so a handler can `return self.refuse(...)`."""
+        self.router.bounce(ctx.stanza, condition, text, ctx.origin)
+        return True
 
 
 Listener = Callable[..., Awaitable[Any]]

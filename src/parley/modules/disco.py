@@ -21,7 +21,7 @@ from xml.etree.ElementTree import Element
 from parley.module import Module
 from parley.router import Routed
 from parley.xmpp.caps import NS_CAPS, NS_DATA, Identity, caps_ver
-from parley.xmpp.stanza import XML_LANG, child, iq_result, make
+from parley.xmpp.stanza import XML_LANG, child, make
 
 if TYPE_CHECKING:
     from parley.server import Server
@@ -166,34 +166,23 @@ class Disco(Module):
 
     # --- handlers ------------------------------------------------------------------------------
 
-    async def _reply(self, ctx: Routed, payload: Element) -> None:
-        reply = iq_result(ctx.stanza, payload)
-        if ctx.origin is not None:
-            ctx.origin.send(reply)
-        else:
-            await self.router.route(reply)
-
-    def _refuse(self, ctx: Routed, condition: str, text: str | None = None) -> bool:
-        self.router.bounce(ctx.stanza, condition, text, ctx.origin)
-        return True
-
     async def _host_info(self, ctx: Routed) -> bool:
         node = ctx.stanza[0].get("node") or None
         info = self.server_info()
         # Recomputed per query so that a module started late is never missing from it.
         ver = self.refresh_caps(info)
         if node is not None and node != f"{CAPS_NODE}#{ver}":
-            return self._refuse(ctx, "item-not-found", f"there is no node {node!r} here")
+            return self.refuse(ctx, "item-not-found", f"there is no node {node!r} here")
         identities, features, forms = info
         query = _info_query(node, identities, features)
         query.extend(f.element() for f in forms)
-        await self._reply(ctx, query)
+        await self.reply(ctx, query)
         return True
 
     async def _host_items(self, ctx: Routed) -> bool:
         node = ctx.stanza[0].get("node") or None
         if node is not None:
-            return self._refuse(ctx, "item-not-found", f"there is no node {node!r} here")
+            return self.refuse(ctx, "item-not-found", f"there is no node {node!r} here")
         query = make(NS_ITEMS, "query")
         for jid, name, item_node in self.items:
             attrs = {"jid": jid}
@@ -202,7 +191,7 @@ class Disco(Module):
             if item_node:
                 attrs["node"] = item_node
             child(query, NS_ITEMS, "item", attrs)
-        await self._reply(ctx, query)
+        await self.reply(ctx, query)
         return True
 
     async def _account_exists(self, bare: str) -> bool:
@@ -213,26 +202,26 @@ class Disco(Module):
     async def _account_info(self, ctx: Routed) -> bool:
         owner = str(ctx.to)
         if not await self._account_exists(owner):
-            return self._refuse(ctx, "service-unavailable")
+            return self.refuse(ctx, "service-unavailable")
         node = ctx.stanza[0].get("node") or None
         if node is not None:
-            return self._refuse(ctx, "item-not-found", f"there is no node {node!r} here")
+            return self.refuse(ctx, "item-not-found", f"there is no node {node!r} here")
         # Anyone may learn what an account supports: clients decide from it whether a
         # contact can take PEP, vCards and the like.
         identities, features = self.account_info()
-        await self._reply(ctx, _info_query(None, identities, features))
+        await self.reply(ctx, _info_query(None, identities, features))
         return True
 
     async def _account_items(self, ctx: Routed) -> bool:
         owner = str(ctx.to)
         if not await self._account_exists(owner):
-            return self._refuse(ctx, "service-unavailable")
+            return self.refuse(ctx, "service-unavailable")
         if str(ctx.frm.bare) != owner:
-            return self._refuse(ctx, "forbidden", "only the account owner may list its items")
+            return self.refuse(ctx, "forbidden", "only the account owner may list its items")
         node = ctx.stanza[0].get("node") or None
         if node is not None:
-            return self._refuse(ctx, "item-not-found", f"there is no node {node!r} here")
-        await self._reply(ctx, make(NS_ITEMS, "query"))
+            return self.refuse(ctx, "item-not-found", f"there is no node {node!r} here")
+        await self.reply(ctx, make(NS_ITEMS, "query"))
         return True
 
 

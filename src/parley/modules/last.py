@@ -78,10 +78,6 @@ class LastActivity(Module):
         else:
             await self.router.route(reply)
 
-    def _refuse(self, ctx: Routed, condition: str, text: str | None = None) -> bool:
-        self.router.bounce(ctx.stanza, condition, text, ctx.origin)
-        return True
-
     async def _uptime(self, ctx: Routed) -> bool:
         await self._reply(ctx, int(time.monotonic() - self.started_at))
         return True
@@ -91,18 +87,18 @@ class LastActivity(Module):
         requester = str(ctx.frm.bare)
         online = self.router.sessions.resources(owner) > 0
         if not online and await self.repos.users.get(owner) is None:
-            return self._refuse(ctx, "service-unavailable")
+            return self.refuse(ctx, "service-unavailable")
         if requester != owner:
             _, items = await self.repos.roster.load(owner)
             item = items.get(requester)
             if item is None or not item.has_from:
-                return self._refuse(ctx, "forbidden", "you are not subscribed to this user's presence")
+                return self.refuse(ctx, "forbidden", "you are not subscribed to this user's presence")
         if online:
             await self._reply(ctx, 0)
             return True
         last = await self.repos.docs.get_last(owner)
         if last is None:
-            return self._refuse(ctx, "item-not-found", "this user has not been online yet")
+            return self.refuse(ctx, "item-not-found", "this user has not been online yet")
         at, status = last
         await self._reply(ctx, int(time.time() - at), status)
         return True

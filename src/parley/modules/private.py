@@ -11,7 +11,7 @@ from xml.etree.ElementTree import Element, ParseError, fromstring
 
 from parley.module import Module
 from parley.router import Routed
-from parley.xmpp.stanza import NS_CLIENT, NS_SERVER, iq_result, local_name, make, namespace
+from parley.xmpp.stanza import NS_CLIENT, NS_SERVER, local_name, make, namespace
 from parley.xmpp.xmlstream import serialize
 
 NS_PRIVATE = "jabber:iq:private"
@@ -26,38 +26,27 @@ class PrivateStorage(Module):
         self.hooks.add(f"iq-get/bare/{NS_PRIVATE}", self._get)
         self.hooks.add(f"iq-set/bare/{NS_PRIVATE}", self._set)
 
-    async def _reply(self, ctx: Routed, *payload: Element) -> None:
-        reply = iq_result(ctx.stanza, *payload)
-        if ctx.origin is not None:
-            ctx.origin.send(reply)
-        else:
-            await self.router.route(reply)
-
-    def _refuse(self, ctx: Routed, condition: str, text: str | None = None) -> bool:
-        self.router.bounce(ctx.stanza, condition, text, ctx.origin)
-        return True
-
     def _check(self, ctx: Routed) -> list[Element] | None:
         """The query's children when the request may go ahead; refuses it otherwise."""
         query = ctx.stanza[0]
         if local_name(query.tag) != "query":
-            self._refuse(ctx, "bad-request", "the payload must be <query xmlns='jabber:iq:private'/>")
+            self.refuse(ctx, "bad-request", "the payload must be <query xmlns='jabber:iq:private'/>")
             return None
         if str(ctx.frm.bare) != str(ctx.to):
-            self._refuse(ctx, "forbidden", "private storage belongs to its owner only")
+            self.refuse(ctx, "forbidden", "private storage belongs to its owner only")
             return None
         children = list(query)
         if not children:
-            self._refuse(ctx, "not-acceptable", "name the element to store or retrieve")
+            self.refuse(ctx, "not-acceptable", "name the element to store or retrieve")
             return None
         seen: set[str] = set()
         for el in children:
             ns = namespace(el.tag)
             if ns in RESERVED:
-                self._refuse(ctx, "not-acceptable", f"the namespace {ns or '(none)'!r} cannot be stored")
+                self.refuse(ctx, "not-acceptable", f"the namespace {ns or '(none)'!r} cannot be stored")
                 return None
             if ns in seen:
-                self._refuse(ctx, "bad-request", f"the namespace {ns!r} appears twice")
+                self.refuse(ctx, "bad-request", f"the namespace {ns!r} appears twice")
                 return None
             seen.add(ns)
         return children
@@ -81,7 +70,7 @@ class PrivateStorage(Module):
                     if doc.tag == el.tag:
                         found = doc
             query.append(found)
-        await self._reply(ctx, query)
+        await self.reply(ctx, query)
         return True
 
     async def _set(self, ctx: Routed) -> bool:
@@ -101,7 +90,7 @@ class PrivateStorage(Module):
                 await self.server.signals.emit("private-updated", str(ctx.to), el)
             except Exception:
                 self.log.exception("a private-updated listener failed for %s", namespace(el.tag))
-        await self._reply(ctx)
+        await self.reply(ctx)
         return True
 
 

@@ -6,7 +6,7 @@ from xml.etree.ElementTree import Element, ParseError, fromstring
 
 from parley.module import Module
 from parley.router import Routed
-from parley.xmpp.stanza import iq_result, local_name, make
+from parley.xmpp.stanza import local_name, make
 from parley.xmpp.xmlstream import serialize
 
 NS_VCARD = "vcard-temp"
@@ -21,13 +21,6 @@ class VCard(Module):
     async def start(self) -> None:
         self.hooks.add(f"iq-get/bare/{NS_VCARD}", self._get)
         self.hooks.add(f"iq-set/bare/{NS_VCARD}", self._set)
-
-    async def _reply(self, ctx: Routed, *payload: Element) -> None:
-        reply = iq_result(ctx.stanza, *payload)
-        if ctx.origin is not None:
-            ctx.origin.send(reply)
-        else:
-            await self.router.route(reply)
 
     def _refuse(self, ctx: Routed, condition: str, text: str | None = None,
                 echo: bool = True) -> bool:
@@ -56,7 +49,7 @@ class VCard(Module):
                 vcard = fromstring(stored)
             except ParseError:
                 self.log.error("the stored vCard of %s cannot be parsed; answering an empty one", owner)
-        await self._reply(ctx, vcard)
+        await self.reply(ctx, vcard)
         return True
 
     async def _set(self, ctx: Routed) -> bool:
@@ -77,7 +70,7 @@ class VCard(Module):
                 echo=False,
             )
         await self.repos.docs.set_vcard(owner, data.decode("utf-8"))
-        await self._reply(ctx)
+        await self.reply(ctx)
         await self.server.signals.emit("vcard-updated", owner, vcard)
         return True
 
