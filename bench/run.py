@@ -123,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
                 path = out_dir / f"{name}-run{run}.json"
                 path.write_text(json.dumps(result, indent=1))
                 bad = [s for s in result["scenarios"] if s.get("problems")]
-                _log(f"  wrote {path.relative_to(BENCH.parent)}" + (f"; {len(bad)} scenarios had problems" if bad else ""))
+                _log(f"  wrote {_shown(path)}" + (f"; {len(bad)} scenarios had problems" if bad else ""))
         meta["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
         meta["elapsed_s"] = round(time.time() - started, 1)
         (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
         _log(f"all runs done in {meta['elapsed_s'] / 60:.1f} min")
         if not args.no_report:
             md = report.write(out_dir, BENCH.parent / "BENCHMARKS.md", BENCH / "charts")
-            _log(f"wrote {md.relative_to(BENCH.parent)} and charts in bench/charts/")
+            _log(f"wrote {_shown(md)} and charts in bench/charts/")
     finally:
         if current is not None:
             current.stop()
@@ -186,3 +186,11 @@ def _provision_all(servers: dict[str, BenchServer], meta: dict[str, Any]) -> Non
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it (--results may be anywhere)."""
+    try:
+        return str(path.relative_to(BENCH.parent))
+    except ValueError:
+        return str(path)
