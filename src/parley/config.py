@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from parley.domains import normalise_domain, validate_domain
 
@@ -207,6 +207,89 @@ class UploadSection(_Section):
         return v.rstrip("/")
 
 
+# Room settings the seed gives a "Room owners can change ..." switch for (all off by default).
+OwnerSwitch = Literal[
+    "members_only", "moderator_invites", "open_membership", "show_offline_members",
+    "backwards_compatible", "anonymous", "invite_role", "room_size", "private_message_role",
+    "subject_role", "strip_xhtml", "moderated", "history_on_join",
+]
+Role = Literal["visitor", "participant", "moderator"]
+
+
+class MucSection(_Section):
+    """Group chat (XEP-0045), seed chapter 13."""
+
+    # Off here, or instant messaging off, and the chat service refuses everything.
+    enabled: bool = True
+    # Seed: chat node aliases; empty means the one alias conference.<default domain>.
+    service: list[str] = []
+    # Seed: "Group chat system administrators" (name@domain): owners of every room.
+    admins: list[str] = []
+    # Seed: "Maximum number of rooms allowed" (ad-hoc and persistent).
+    max_rooms: int = Field(16500, ge=1)
+    # Seed: "Maximum number of persistent chat rooms allowed".
+    max_persistent_rooms: int = Field(1500, ge=0)
+    # Seed: "How many users can be in a room at one time" (hidden ones included).
+    max_occupants: int = Field(1000, ge=1)
+    # Seed: "Default maximum occupancy for a room" (<= max_occupants).
+    default_room_size: int = Field(50, ge=1)
+    # Seed: "Number of messages in chat history displayed by default" (<= max_history).
+    history_on_join: int = Field(15, ge=0)
+    # Seed: "Maximum number of messages that can be retrieved from the archive".
+    max_history: int = Field(100, ge=0)
+    # Seed: "Allow only group chat system administrators to create persistent chat rooms".
+    only_admins_create_persistent: bool = True
+    # Seed: "Timeout value for persistent chat rooms (minutes)", 0 = never closed for idleness.
+    room_idle_timeout: int = Field(0, ge=0)
+    # Seed: "Rooms are for members only by default", off.
+    members_only: bool = False
+    # Seed: "Rooms are moderated by default", off.
+    moderated: bool = False
+    # Seed: "Rooms are anonymous by default", off: occupants see each other's real JIDs.
+    anonymous: bool = False
+    # Seed: "Remove all XHTML formatting from messages", off.
+    strip_xhtml: bool = False
+    # Seed: lowest role to send private messages (visitor) and to change the subject (participant).
+    private_message_role: Role = "visitor"
+    subject_role: Literal["participant", "moderator"] = "participant"
+    # The "Room owners can change ..." switches that are on; empty = owners change none.
+    owner_can_change: list[OwnerSwitch] = []
+
+    @field_validator("service")
+    @classmethod
+    def _aliases_ok(cls, v: list[str]) -> list[str]:
+        out: list[str] = []
+        for alias in v:
+            problems = validate_domain(alias)
+            if problems:
+                raise ValueError(f"{alias!r}: " + "; ".join(problems))
+            name = normalise_domain(alias)
+            if name in out:
+                raise ValueError(f"{alias!r} is listed twice")
+            out.append(name)
+        return out
+
+    @field_validator("admins")
+    @classmethod
+    def _admins_ok(cls, v: list[str]) -> list[str]:
+        for jid in v:
+            local, at, domain = jid.partition("@")
+            if not at or not local or not domain or "/" in domain:
+                raise ValueError(f"{jid!r} is not an IM address of the form name@domain")
+        return [j.lower() for j in v]
+
+    @model_validator(mode="after")
+    def _limits_ok(self) -> MucSection:
+        if self.default_room_size > self.max_occupants:
+            raise ValueError(f"default_room_size {self.default_room_size} exceeds max_occupants {self.max_occupants}")
+        if self.history_on_join > self.max_history:
+            raise ValueError(f"history_on_join {self.history_on_join} exceeds max_history {self.max_history}")
+        return self
+
+    def aliases(self, domain: str) -> list[str]:
+        return list(self.service) or [f"conference.{domain}"]
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -228,6 +311,7 @@ class Config(_Section):
     push: PushSection = PushSection()
     components: ComponentsSection = ComponentsSection()
     upload: UploadSection = UploadSection()
+    muc: MucSection = MucSection()
 
     # Where the file was read from; relative paths in it are relative to this folder.
     base_dir: Path = Path(".")
@@ -266,6 +350,11 @@ def from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Config:
         cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_describe(e.errors(), data)) from None
+    # A chat alias equal to an IM domain would swallow that domain's users; domains added
+    # later in the database are checked when the chat service starts.
+    if cfg.server.domain in cfg.muc.service:
+        raise ConfigError([f"muc.service = {cfg.muc.service!r}: {cfg.server.domain} is the IM domain, "
+                           "it cannot be a chat alias"])
     cfg.base_dir = base_dir
     return cfg
 

@@ -55,6 +55,7 @@ CORE_MODULES = (
     "privacy",
     "invisible",
     "upload",
+    "muc",
 )
 
 NonzaHandler = Callable[[Element, "C2SConnection"], Awaitable[bool]]
