@@ -184,13 +184,14 @@ def _provision_all(servers: dict[str, BenchServer], meta: dict[str, Any]) -> Non
         meta["versions"][srv.name] = srv.version()
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _shown(path: Path) -> str:
     """A path relative to the repository when it is inside it (--results may be anywhere)."""
     try:
         return str(path.relative_to(BENCH.parent))
     except ValueError:
         return str(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
