@@ -460,6 +460,9 @@ class MessageTracker(Sink):
         self.received = 0
         self.duplicates = 0
         self.misrouted = 0
+        # Messages the server refused: an error bounce carries the body back to the sender,
+        # which is a failure of its own and not a delivery to the wrong user.
+        self.bounced = 0
         self.foreign = 0
         self.samples: list[dict[str, object]] = []
         self.prefix = b"%d." % self.nonce
@@ -496,6 +499,11 @@ class MessageTracker(Sink):
             seq = int(m.group(1))
             if seq >= cap:
                 self.foreign += 1
+                continue
+            start = buf.rfind(b"<message", 0, m.start())
+            if start >= 0 and b"type='error'" in buf[start : m.start()]:
+                self.bounced += 1
+                self._sample("bounced", conn, buf, m.start(), seq)
                 continue
             c = got[seq]
             if c:

@@ -385,6 +385,8 @@ def _message_problems(tracker: lg.MessageTracker, used: Sequence[lg.Client]) -> 
         problems.append(f"{tracker.duplicates} messages duplicated")
     if tracker.misrouted:
         problems.append(f"{tracker.misrouted} messages delivered to the wrong user")
+    if tracker.bounced:
+        problems.append(f"{tracker.bounced} messages refused by the server with an error")
     dead = [c for c in used if c.dead]
     if dead:
         problems.append(f"{len(dead)} connections closed: {dead[0].dead[:200]}")
