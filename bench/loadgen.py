@@ -501,7 +501,8 @@ class MessageTracker(Sink):
                 self.foreign += 1
                 continue
             start = buf.rfind(b"<message", 0, m.start())
-            if start >= 0 and b"type='error'" in buf[start : m.start()]:
+            head = buf[start : m.start()] if start >= 0 else b""
+            if b"type='error'" in head or b'type="error"' in head:
                 self.bounced += 1
                 self._sample("bounced", conn, buf, m.start(), seq)
                 continue
