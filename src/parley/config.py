@@ -6,6 +6,7 @@ file is refused with the key, the value and the reason (``ConfigError``).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,18 @@ class ServerSection(_Section):
     name: str = "Parley"
     # Accounts allowed to run the service administration commands (XEP-0133).
     admins: list[str] = []
+    # This node's name and its cluster's, as in the seed's system chat alias
+    # conference-<node>-<cluster>.<domain> (one DNS label each).
+    node: str = "1"
+    cluster: str = "parley"
+
+    @field_validator("node", "cluster")
+    @classmethod
+    def _label_ok(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", v):
+            raise ValueError(f"{v!r} must be one DNS label: letters, digits and inner hyphens")
+        return v
 
     @field_validator("domain")
     @classmethod
@@ -221,8 +234,20 @@ class MucSection(_Section):
 
     # Off here, or instant messaging off, and the chat service refuses everything.
     enabled: bool = True
-    # Seed: chat node aliases; empty means the one alias conference.<default domain>.
+    # Seed: the administrator-managed chat aliases; empty means conference.<default domain>.
     service: list[str] = []
+    # Seed: "System Automatically Manages Primary Group Chat Server Aliases", on: this node
+    # also serves conference-<node>-<cluster>.<default domain>. Turned off, rooms under it
+    # stay reachable only if that name is added to `service`.
+    system_alias: bool = True
+    # Seed: "Enable Persistent Chat". Off: rooms are ad-hoc only.
+    persistent: bool = True
+    # The chat node's own database (SQLAlchemy URL, as [storage] url); empty = the server's.
+    # Unreachable at start: the chat service does not start; lost later: rooms keep
+    # working, persistent rooms cannot be created, and writes resume when it is back.
+    database: str = ""
+    # Seconds between attempts to write to the chat database while it is unreachable.
+    database_retry: float = Field(5.0, gt=0)
     # Seed: "Group chat system administrators" (name@domain): owners of every room.
     admins: list[str] = []
     # Seed: "Maximum number of rooms allowed" (ad-hoc and persistent).
@@ -231,6 +256,8 @@ class MucSection(_Section):
     max_persistent_rooms: int = Field(1500, ge=0)
     # Seed: "How many users can be in a room at one time" (hidden ones included).
     max_occupants: int = Field(1000, ge=1)
+    # Seed: "How many hidden users can be in a room at one time".
+    max_hidden: int = Field(1000, ge=0)
     # Seed: "Default maximum occupancy for a room" (<= max_occupants).
     default_room_size: int = Field(50, ge=1)
     # Seed: "Number of messages in chat history displayed by default" (<= max_history).
@@ -238,11 +265,27 @@ class MucSection(_Section):
     # Seed: "Maximum number of messages that can be retrieved from the archive".
     max_history: int = Field(100, ge=0)
     # Seed: "Allow only group chat system administrators to create persistent chat rooms".
-    only_admins_create_persistent: bool = True
+    only_admins_create_persistent: bool = False
     # Seed: "Timeout value for persistent chat rooms (minutes)", 0 = never closed for idleness.
     room_idle_timeout: int = Field(0, ge=0)
     # Seed: "Rooms are for members only by default", off.
     members_only: bool = False
+    # Seed: "Only moderators can invite people to members-only rooms", off (members can).
+    moderator_invites: bool = False
+    # Seed: "Users can add themselves to rooms as members", off (open membership).
+    open_membership: bool = False
+    # Seed: "Members and administrators who are not in a room are still visible", off.
+    show_offline_members: bool = False
+    # Seed: "Rooms are backwards-compatible with older clients" (groupchat 1.0), off: a
+    # join without the MUC element is then a join; when off it is refused.
+    backwards_compatible: bool = False
+    # Seed: "Lowest participation level a user can have to invite others", participant.
+    invite_role: Role = "participant"
+    # Seed: "Archive all room messages": persistent rooms keep their messages (history
+    # after a restart, MAM on the room). Ad-hoc rooms never keep anything.
+    archive_messages: bool = True
+    # Seed: "Archive all room joins and exits", off.
+    archive_joins: bool = False
     # Seed: "Rooms are moderated by default", off.
     moderated: bool = False
     # Seed: "Rooms are anonymous by default", off: occupants see each other's real JIDs.
@@ -286,8 +329,13 @@ class MucSection(_Section):
             raise ValueError(f"history_on_join {self.history_on_join} exceeds max_history {self.max_history}")
         return self
 
-    def aliases(self, domain: str) -> list[str]:
-        return list(self.service) or [f"conference.{domain}"]
+    def aliases(self, server: ServerSection) -> list[str]:
+        """Every chat alias this node serves: the administrator's, then the system alias."""
+        out = list(self.service) or [f"conference.{server.domain}"]
+        system = f"conference-{server.node}-{server.cluster}.{server.domain}"
+        if self.system_alias and system not in out:
+            out.append(system)
+        return out
 
 
 class LoggingSection(_Section):

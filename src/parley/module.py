@@ -14,6 +14,15 @@ if TYPE_CHECKING:
     from parley.server import Server
 
 
+class Refusal(Exception):
+    """A request refused with an XMPP error condition and a text for the user."""
+
+    def __init__(self, condition: str, text: str):
+        super().__init__(text)
+        self.condition = condition
+        self.text = text
+
+
 class Module:
     name = "module"
     # disco#info features this module adds to the server and to accounts.

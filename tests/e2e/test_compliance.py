@@ -6,8 +6,7 @@ A row passes only when the feature is advertised where its XEP says (stream feat
 the disco#info of the server or of the account) AND a real exchange shows it working; an
 advertisement alone proves nothing. Each row's outcome goes into RESULTS and into the
 test's ``compliance`` user property, from which ``python -m tests.compliance_table`` writes
-docs/compliance.md. The group chat rows are listed and skipped: the group chat capability
-(XEP-0045 rooms) brings them.
+docs/compliance.md.
 """
 
 from __future__ import annotations
@@ -124,6 +123,10 @@ NS_REGISTER = "jabber:iq:register"
 NS_REGISTER_FEATURE = "http://jabber.org/features/iq-register"
 NS_COMPONENT = "jabber:component:accept"
 NS_TUNE = "http://jabber.org/protocol/tune"
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_MUC_USER = f"{NS_MUC}#user"
+NS_MUC_OWNER = f"{NS_MUC}#owner"
+NS_CONFERENCE = "jabber:x:conference"
 
 # --- categories and levels of the suite ----------------------------------------------------------
 
@@ -137,9 +140,6 @@ ADVANCED = "Advanced Server"
 OF_NOTE = "of note"
 # Not in the suite: what the server offers besides.
 BEYOND = "not in the suite"
-
-GROUP_CHAT = ("not yet (group chat capability): XEP-0045 rooms come with the group chat "
-              "and persistent chat capability (SPEC C4)")
 
 COMPONENT = "bot.example.test"
 COMPONENT_SECRET = "bot-secret"
@@ -838,6 +838,92 @@ async def im_mam(env: Env) -> None:
     assert "archive me" in [m.findtext("{jabber:client}body") for _, m in mine]
 
 
+async def chat_service(env: Env, peer: Peer) -> str | None:
+    """The chat service among the server's disco#items (identity conference/text)."""
+    listing = await peer.query("get", f"<query xmlns='{NS_ITEMS}'/>", to=DOMAIN)
+    for it in listing.iter(q(NS_ITEMS, "item")):
+        idents, feats = await disco_info(peer, it.get("jid", ""))
+        if ("conference", "text") in idents and NS_MUC in feats:
+            return it.get("jid")
+    return None
+
+
+async def enter(peer: Peer, room: str, nick: str) -> Element:
+    """Joins a room and returns the occupant's own presence (status 110)."""
+    peer.send(f"<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'/></presence>")
+
+    def own(el: Element) -> bool:
+        x = el.find(q(NS_MUC_USER, "x"))
+        return (local(el) == "presence" and el.get("from") == f"{room}/{nick}" and x is not None
+                and "110" in {st.get("code") for st in x.findall(q(NS_MUC_USER, "status"))})
+    return await peer.next(own, f"the room's self-presence for {nick}")
+
+
+async def im_groupchat(env: Env) -> None:
+    """Alice finds the chat service in the server's disco#items, makes a room and invites
+    Bob directly (XEP-0249); Bob joins; a groupchat message reaches both occupants."""
+    alice = await env.online(f"{ALICE}/desk")
+    bob = await env.online(f"{BOB}/desk")
+    service = await chat_service(env, alice)
+    env.advertised(service is not None, "a chat service (identity conference/text, feature "
+                   f"`{NS_MUC}`) in the server's disco#items")
+    room = f"lobby@{service or 'conference.' + DOMAIN}"
+    await enter(alice, room, "ali")
+    alice.send(f"<message to='{BOB}'><x xmlns='{NS_CONFERENCE}' jid='{room}' reason='standup'/></message>")
+    invite = await bob.next(lambda el: el.find(q(NS_CONFERENCE, "x")) is not None, "alice's direct invitation")
+    assert invite.find(q(NS_CONFERENCE, "x")).get("jid") == room  # type: ignore[union-attr]
+    await enter(bob, room, "bob")
+    await alice.next(presence(f"{room}/bob"), "bob joining")
+    alice.send(f"<message to='{room}' type='groupchat'><body>hello room</body></message>")
+    for peer in (alice, bob):
+        got = await peer.next(message("hello room", frm=f"{room}/ali", type_="groupchat"), "the room message")
+        assert got.get("to", "").startswith(ALICE if peer is alice else BOB)
+
+
+async def im_room_mam(env: Env) -> None:
+    """An owner makes a room persistent; a message said in it is in the room's archive
+    (MAM on the room), under the stanza-id it carried live."""
+    alice = await env.online(f"{ALICE}/desk")
+    room = f"archived@conference.{DOMAIN}"
+    await enter(alice, room, "ali")
+    await alice.query("set", f"<query xmlns='{NS_MUC_OWNER}'><x xmlns='{NS_DATA}' type='submit'>"
+                             "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>"
+                             "<field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query>", to=room)
+    _, feats = await disco_info(alice, room)
+    env.advertised(NS_MAM in feats, f"`{NS_MAM}` in the room's disco#info")
+    alice.send(f"<message to='{room}' type='groupchat'><body>keep this</body></message>")
+    live = await alice.next(message("keep this", type_="groupchat"), "the room message")
+    [live_id] = stanza_ids(live, room)
+    await alice.mark()
+    res = await alice.query("set", f"<query xmlns='{NS_MAM}' queryid='r1'/>", to=room)
+    assert res.find(q(NS_MAM, "fin")) is not None, "a MAM query ends with <fin/>"
+    found = []
+    for el in await alice.mark():
+        result = el.find(q(NS_MAM, "result"))
+        if result is not None and el.get("from") == room:
+            fwd = result.find(f"{q(NS_FORWARD, 'forwarded')}/{{jabber:client}}message")
+            if fwd is not None and fwd.findtext("{jabber:client}body") == "keep this":
+                found.append(result.get("id"))
+    assert found == [live_id], found
+
+
+async def im_room_self_ping(env: Env) -> None:
+    """An occupant pings its own occupant JID and gets a result; once it has left, the
+    same ping says it is no longer in the room (not-acceptable)."""
+    alice = await env.online(f"{ALICE}/desk")
+    room = f"pinged@conference.{DOMAIN}"
+    await enter(alice, room, "ali")
+    _, feats = await disco_info(alice, room)
+    env.advertised(NS_MUC in feats, f"`{NS_MUC}` in the room's disco#info")
+    await alice.query("get", f"<ping xmlns='{NS_PING}'/>", to=f"{room}/ali")
+    alice.send(f"<presence to='{room}/ali' type='unavailable'/>")
+    await alice.next(presence(f"{room}/ali", "unavailable"), "leaving the room")
+    bob = await env.online(f"{BOB}/desk")
+    await enter(bob, room, "bob")
+    _, condition = await alice.refused("get", f"<ping xmlns='{NS_PING}'/>", to=f"{room}/ali")
+    assert condition == "not-acceptable", condition
+
+
 async def im_upload(env: Env) -> None:
     """Finds the upload service among the server's disco#items, asks it for a slot for a
     small file, uploads the file with PUT and downloads it back with GET."""
@@ -1102,12 +1188,11 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("vcard-temp", "XEP-0054", IM, SERVER_LEVEL, im_vcard),
     Requirement("Outbound message synchronization", "XEP-0280", IM, SERVER_LEVEL, im_carbons),
     Requirement("User blocking", "XEP-0191", IM, ADVANCED, im_blocking),
-    Requirement("Group chat", "XEP-0045, XEP-0249", IM, SERVER_LEVEL, not_yet=GROUP_CHAT),
+    Requirement("Group chat", "XEP-0045, XEP-0249", IM, SERVER_LEVEL, im_groupchat),
     Requirement("Advanced group chat: bookmarks", "XEP-0402", IM, ADVANCED, im_bookmarks2),
     Requirement("Advanced group chat: legacy bookmarks", "XEP-0048", IM, ADVANCED, im_bookmarks_legacy),
-    Requirement("Advanced group chat: history from the room archive", "XEP-0313", IM, ADVANCED,
-                not_yet=GROUP_CHAT),
-    Requirement("Advanced group chat: room self-ping", "XEP-0410", IM, ADVANCED, not_yet=GROUP_CHAT),
+    Requirement("Advanced group chat: history from the room archive", "XEP-0313", IM, ADVANCED, im_room_mam),
+    Requirement("Advanced group chat: room self-ping", "XEP-0410", IM, ADVANCED, im_room_self_ping),
     Requirement("Persistent storage of private data via PubSub", "XEP-0223", IM, ADVANCED, im_private_pubsub),
     Requirement("Private XML storage", "XEP-0049", IM, ADVANCED, im_private_xml),
     Requirement("Stream management", "XEP-0198", IM, ADVANCED, stream_management),

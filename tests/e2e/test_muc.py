@@ -288,5 +288,6 @@ def test_chat_alias_never_an_im_domain() -> None:
     with pytest.raises(ConfigError, match="max_occupants"):
         from_dict({"server": {"domain": DOMAIN}, "muc": {"default_room_size": 2000}})
     cfg = from_dict({"server": {"domain": DOMAIN}, "muc": {"service": ["Chat.Example.Test", "rooms.example.test"]}})
-    assert cfg.muc.aliases(DOMAIN) == ["chat.example.test", "rooms.example.test"]
-    assert from_dict({"server": {"domain": DOMAIN}}).muc.aliases(DOMAIN) == [SERVICE]
+    assert cfg.muc.aliases(cfg.server) == ["chat.example.test", "rooms.example.test", f"conference-1-parley.{DOMAIN}"]
+    plain = from_dict({"server": {"domain": DOMAIN}, "muc": {"system_alias": False}})
+    assert plain.muc.aliases(plain.server) == [SERVICE]

@@ -151,7 +151,8 @@ async def test_server_disco_info_lists_every_module(make_server: ServerFactory, 
     assert policy["allow-cut-and-paste"].get("label") == "Allow cut & paste"
 
     items = await c.plugin["xep_0030"].get_items(jid=DOMAIN)
-    assert list(items["disco_items"]["items"]) == [(f"conference.{DOMAIN}", None, "Chat service")]
+    assert sorted(items["disco_items"]["items"]) == [(f"conference-1-parley.{DOMAIN}", None, "Chat service"),
+                                                     (f"conference.{DOMAIN}", None, "Chat service")]
 
 
 async def test_disco_unknown_node_is_item_not_found(server: Server, client: Client) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from xml.etree.ElementTree import Element
@@ -24,8 +24,9 @@ from parley.router import Routed
 from parley.sessions import Session
 from parley.storage.repos import NoSuchUser, UserExists
 from parley.xmpp.caps import Identity
+from parley.xmpp.dataforms import Field, FormValues, build_form, submitted
 from parley.xmpp.jid import JID, InvalidJID
-from parley.xmpp.stanza import NS_CLIENT, child, error_reply, iq_result, make, q
+from parley.xmpp.stanza import NS_CLIENT, child, error_reply, iq_result, make
 
 if TYPE_CHECKING:
     from parley.server import Server
@@ -42,67 +43,6 @@ SESSION_TTL = 600.0
 MAX_SESSIONS_PER_REQUESTER = 16
 # XEP-0133 offers these page sizes for user lists.
 MAX_ITEMS_CHOICES = ("25", "50", "75", "100", "150", "200", "none")
-
-FormValues = dict[str, list[str]]
-
-
-# --- data forms (XEP-0004) --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Field:
-    var: str
-    type: str = "text-single"
-    label: str | None = None
-    values: tuple[str, ...] = ()
-    required: bool = False
-    options: tuple[str, ...] = ()
-    desc: str | None = None
-
-
-def build_form(type_: str, fields: Iterable[Field], *, form_type: str | None = None,
-               title: str | None = None, instructions: str | None = None) -> Element:
-    x = make(NS_DATA, "x", {"type": type_})
-    if title:
-        child(x, NS_DATA, "title").text = title
-    if instructions:
-        child(x, NS_DATA, "instructions").text = instructions
-    if form_type:
-        ft = child(x, NS_DATA, "field", {"var": "FORM_TYPE", "type": "hidden"})
-        child(ft, NS_DATA, "value").text = form_type
-    for f in fields:
-        attrs = {"var": f.var, "type": f.type}
-        if f.label:
-            attrs["label"] = f.label
-        el = child(x, NS_DATA, "field", attrs)
-        if f.desc:
-            child(el, NS_DATA, "desc").text = f.desc
-        if f.required and type_ == "form":
-            child(el, NS_DATA, "required")
-        for opt in f.options:
-            child(child(el, NS_DATA, "option", {"label": opt}), NS_DATA, "value").text = opt
-        for v in f.values:
-            child(el, NS_DATA, "value").text = v
-    return x
-
-
-def parse_form(x: Element) -> FormValues:
-    """Field var -> values of a submitted form, in the order given."""
-    out: FormValues = {}
-    for f in x.findall(q(NS_DATA, "field")):
-        var = f.get("var")
-        if var:
-            out[var] = [v.text or "" for v in f.findall(q(NS_DATA, "value"))]
-    return out
-
-
-def submitted(parent: Element) -> FormValues | None:
-    """The values of the submitted form inside `parent`, or None when there is none."""
-    for x in parent.findall(q(NS_DATA, "x")):
-        if x.get("type") == "submit":
-            return parse_form(x)
-    return None
-
 
 # --- the command framework -----------------------------------------------------------------
 

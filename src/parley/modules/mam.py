@@ -28,7 +28,7 @@ from xml.etree.ElementTree import Element
 
 import sqlalchemy as sa
 
-from parley.module import Module
+from parley.module import Module, Refusal
 from parley.modules.message import Delivery
 from parley.router import Routed
 from parley.sessions import Session
@@ -81,11 +81,8 @@ QUERY_FIELDS = {
 }
 
 
-class QueryError(Exception):
-    def __init__(self, condition: str, text: str):
-        super().__init__(text)
-        self.condition = condition
-        self.text = text
+# A query refused with an error condition.
+QueryError = Refusal
 
 
 def archivable(stanza: Element) -> bool:
@@ -193,7 +190,9 @@ class Mam(Module):
         ctx = delivery.ctx
         stanza = ctx.stanza
         recipient, sender = str(ctx.to.bare), str(ctx.frm.bare)
-        ours = {recipient, sender, *self.server.hosts}
+        # A client must not forge ids of its own archive; a service (a chat room) stamps
+        # its own archive ids, which the recipient keeps.
+        ours = {recipient, *self.server.hosts, *((sender,) if ctx.origin is not None else ())}
         archived: str | None = None
         for sid in stanza.findall(q(NS_SID, "stanza-id")):
             if sid.get("by") not in ours:
@@ -285,7 +284,7 @@ class Mam(Module):
             return True
         what = local_name(ctx.stanza[0].tag)
         if what == "query":
-            session.send(iq_result(ctx.stanza, self._query_form()))
+            session.send(iq_result(ctx.stanza, query_form()))
         elif what == "prefs":
             session.send(iq_result(ctx.stanza, _prefs_element(await self.prefs(session.bare))))
         elif what == "metadata":
@@ -309,16 +308,6 @@ class Mam(Module):
         except QueryError as e:
             session.send(error_reply(ctx.stanza, e.condition, e.text))
         return True
-
-    @staticmethod
-    def _query_form() -> Element:
-        query = make(NS_MAM, "query")
-        form = child(query, NS_DATA, "x", {"type": "form"})
-        ft = child(form, NS_DATA, "field", {"var": "FORM_TYPE", "type": "hidden"})
-        child(ft, NS_DATA, "value").text = NS_MAM
-        for var, type_ in QUERY_FIELDS.items():
-            child(form, NS_DATA, "field", {"var": var, "type": type_})
-        return query
 
     async def _metadata(self, owner: str) -> Element:
         meta = make(NS_MAM, "metadata")
@@ -352,8 +341,8 @@ class Mam(Module):
 
     async def _query(self, ctx: Routed, session: Session) -> None:
         el = ctx.stanza[0]
-        flt = self._filter(el.find(q(NS_DATA, "x")))
-        limit, after, before, backwards = self._paging(el.find(q(NS_RSM, "set")))
+        flt = parse_filter(el.find(q(NS_DATA, "x")))
+        limit, after, before, backwards = paging(el.find(q(NS_RSM, "set")), self.config.archive.max_page)
         try:
             page = await self.archive.query(session.bare, flt, limit=limit, after=after, before=before,
                                             backwards=backwards)
@@ -380,72 +369,81 @@ class Mam(Module):
         return make(NS_CLIENT, "message", {"from": session.bare, "to": str(session.jid), "id": new_stanza_id()},
                     make(NS_MAM, "result", attrs, forwarded))
 
-    @staticmethod
-    def _filter(form: Element | None) -> ArchiveFilter:
-        if form is None:
-            return ArchiveFilter()
-        if form.get("type", "submit") != "submit":
-            raise QueryError("bad-request", "the query form must be of type submit")
-        values: dict[str, list[str]] = {}
-        for field in form.findall(q(NS_DATA, "field")):
-            var = field.get("var", "")
-            values[var] = [(v.text or "").strip() for v in field.findall(q(NS_DATA, "value"))]
-        form_type = values.pop("FORM_TYPE", [NS_MAM])
-        if form_type != [NS_MAM]:
-            raise QueryError("bad-request", f"FORM_TYPE must be {NS_MAM}")
-        unknown = sorted(set(values) - set(QUERY_FIELDS))
-        if unknown:
-            raise QueryError("bad-request", f"unknown field {unknown[0]!r}")
+def query_form() -> Element:
+    query = make(NS_MAM, "query")
+    form = child(query, NS_DATA, "x", {"type": "form"})
+    ft = child(form, NS_DATA, "field", {"var": "FORM_TYPE", "type": "hidden"})
+    child(ft, NS_DATA, "value").text = NS_MAM
+    for var, type_ in QUERY_FIELDS.items():
+        child(form, NS_DATA, "field", {"var": var, "type": type_})
+    return query
 
-        def single(var: str) -> str | None:
-            vals = [v for v in values.get(var, ()) if v]
-            if len(vals) > 1:
-                raise QueryError("bad-request", f"{var} takes one value")
-            return vals[0] if vals else None
 
-        peer = single("with")
-        if peer is not None:
-            try:
-                # Rows keep the other party's bare JID only, so a full JID matches its whole account.
-                peer = str(JID.parse(peer).bare)
-            except InvalidJID as e:
-                raise QueryError("bad-request", f"with: {e}") from None
-        start, end = single("start"), single("end")
-        ids = [v for v in values.get("ids", ()) if v] if "ids" in values else None
-        return ArchiveFilter(
-            peer=peer,
-            start=parse_stamp(start, "start") if start is not None else None,
-            end=parse_stamp(end, "end") if end is not None else None,
-            after_id=single("after-id"),
-            before_id=single("before-id"),
-            ids=tuple(ids) if ids is not None else None,
-        )
+def parse_filter(form: Element | None) -> ArchiveFilter:
+    if form is None:
+        return ArchiveFilter()
+    if form.get("type", "submit") != "submit":
+        raise QueryError("bad-request", "the query form must be of type submit")
+    values: dict[str, list[str]] = {}
+    for field in form.findall(q(NS_DATA, "field")):
+        var = field.get("var", "")
+        values[var] = [(v.text or "").strip() for v in field.findall(q(NS_DATA, "value"))]
+    form_type = values.pop("FORM_TYPE", [NS_MAM])
+    if form_type != [NS_MAM]:
+        raise QueryError("bad-request", f"FORM_TYPE must be {NS_MAM}")
+    unknown = sorted(set(values) - set(QUERY_FIELDS))
+    if unknown:
+        raise QueryError("bad-request", f"unknown field {unknown[0]!r}")
 
-    def _paging(self, rset: Element | None) -> tuple[int, str | None, str | None, bool]:
-        """(page size, after, before, backwards) from an RSM request."""
-        cap = self.config.archive.max_page
-        if rset is None:
-            return cap, None, None, False
-        limit = cap
-        max_el = rset.find(q(NS_RSM, "max"))
-        if max_el is not None:
-            try:
-                limit = int((max_el.text or "").strip())
-            except ValueError:
-                raise QueryError("bad-request", "max must be a number") from None
-            if limit < 0:
-                raise QueryError("bad-request", "max cannot be negative")
-            # Asking for more than the server gives is not an error: the page is capped.
-            limit = min(limit, cap)
-        if rset.find(q(NS_RSM, "index")) is not None:
-            raise QueryError("feature-not-implemented", "paging by index is not supported; use after or before")
-        after_el, before_el = rset.find(q(NS_RSM, "after")), rset.find(q(NS_RSM, "before"))
-        after = ((after_el.text or "").strip() or None) if after_el is not None else None
-        if after_el is not None and after is None:
-            raise QueryError("bad-request", "after needs an id")
-        # An empty <before/> asks for the last page: backwards from the end, no bound.
-        before = ((before_el.text or "").strip() or None) if before_el is not None else None
-        return limit, after, before, before_el is not None
+    def single(var: str) -> str | None:
+        vals = [v for v in values.get(var, ()) if v]
+        if len(vals) > 1:
+            raise QueryError("bad-request", f"{var} takes one value")
+        return vals[0] if vals else None
+
+    peer = single("with")
+    if peer is not None:
+        try:
+            # Rows keep the other party's bare JID only, so a full JID matches its whole account.
+            peer = str(JID.parse(peer).bare)
+        except InvalidJID as e:
+            raise QueryError("bad-request", f"with: {e}") from None
+    start, end = single("start"), single("end")
+    ids = [v for v in values.get("ids", ()) if v] if "ids" in values else None
+    return ArchiveFilter(
+        peer=peer,
+        start=parse_stamp(start, "start") if start is not None else None,
+        end=parse_stamp(end, "end") if end is not None else None,
+        after_id=single("after-id"),
+        before_id=single("before-id"),
+        ids=tuple(ids) if ids is not None else None,
+    )
+
+
+def paging(rset: Element | None, cap: int) -> tuple[int, str | None, str | None, bool]:
+    """(page size, after, before, backwards) from an RSM request."""
+    if rset is None:
+        return cap, None, None, False
+    limit = cap
+    max_el = rset.find(q(NS_RSM, "max"))
+    if max_el is not None:
+        try:
+            limit = int((max_el.text or "").strip())
+        except ValueError:
+            raise QueryError("bad-request", "max must be a number") from None
+        if limit < 0:
+            raise QueryError("bad-request", "max cannot be negative")
+        # Asking for more than the server gives is not an error: the page is capped.
+        limit = min(limit, cap)
+    if rset.find(q(NS_RSM, "index")) is not None:
+        raise QueryError("feature-not-implemented", "paging by index is not supported; use after or before")
+    after_el, before_el = rset.find(q(NS_RSM, "after")), rset.find(q(NS_RSM, "before"))
+    after = ((after_el.text or "").strip() or None) if after_el is not None else None
+    if after_el is not None and after is None:
+        raise QueryError("bad-request", "after needs an id")
+    # An empty <before/> asks for the last page: backwards from the end, no bound.
+    before = ((before_el.text or "").strip() or None) if before_el is not None else None
+    return limit, after, before, before_el is not None
 
 
 def _prefs_element(prefs: ArchivePrefs) -> Element:

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 from xml.etree.ElementTree import Element
 
 from parley.module import Module
-from parley.modules.adhoc import submitted
 from parley.router import Routed
 from parley.sessions import Session
 from parley.storage.push import FormValues, PushRepo
+from parley.xmpp.dataforms import submitted
 from parley.xmpp.jid import JID, InvalidJID
 from parley.xmpp.stanza import NS_CLIENT, child, error_reply, iq_result, make, q
 

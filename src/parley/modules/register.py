@@ -15,9 +15,9 @@ from xml.etree.ElementTree import Element
 
 from parley.accounts import AccountError, create_user, set_password
 from parley.module import Module
-from parley.modules.adhoc import Field, build_form, submitted
 from parley.router import Routed
 from parley.storage.repos import NoSuchUser, UserExists
+from parley.xmpp.dataforms import Field, build_form, submitted
 from parley.xmpp.jid import JID, InvalidJID
 from parley.xmpp.stanza import child, error_reply, iq_result, make, q
 

@@ -258,3 +258,29 @@ uploads = Table(
 )
 Index("ix_uploads_owner_created", uploads.c.owner, uploads.c.created_at)
 Index("ix_uploads_created", uploads.c.created_at)
+
+# --- group chat ------------------------------------------------------------------------------
+
+# Persistent chat rooms (XEP-0045). `config` is the room's settings as JSON (RoomSettings);
+# the room's messages live in `archive` with the room's JID as owner.
+muc_rooms = Table(
+    "muc_rooms",
+    metadata,
+    Column("jid", String(1023), primary_key=True),
+    Column("config", Text, nullable=False, default="{}"),
+    Column("subject", Text, nullable=False, default=""),
+    Column("subject_by", String(1023), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# A room's affiliations (owner, admin, member, outcast) by bare JID, and reserved nicknames.
+muc_affiliations = Table(
+    "muc_affiliations",
+    metadata,
+    Column("room", String(1023), nullable=False),
+    Column("jid", String(1023), nullable=False),
+    Column("affiliation", String(16), nullable=False),
+    Column("nick", String(1023), nullable=True),
+    UniqueConstraint("room", "jid", name="uq_muc_affiliation"),
+)
