@@ -3,6 +3,7 @@ test needs to see exactly what the room sends or must send something odd."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from xml.etree.ElementTree import Element
 
@@ -291,3 +292,29 @@ def test_chat_alias_never_an_im_domain() -> None:
     assert cfg.muc.aliases(cfg.server) == ["chat.example.test", "rooms.example.test", f"conference-1-parley.{DOMAIN}"]
     plain = from_dict({"server": {"domain": DOMAIN}, "muc": {"system_alias": False}})
     assert plain.muc.aliases(plain.server) == [SERVICE]
+
+
+async def test_idle_persistent_room_is_closed(make_server: ServerFactory, connect: Connect,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """[muc] room_idle_timeout: a persistent room without activity for that many minutes
+    is closed (its occupants removed); the room itself stays, and can be joined again."""
+    from parley.modules.muc import service
+
+    monkeypatch.setattr(service, "IDLE_SWEEP_PERIOD", 0.05)
+    srv = await make_server(muc={"room_idle_timeout": 1})
+    await users(srv, ALICE)
+    alice = await connect(srv, ALICE)
+    await joined(alice, "Alice")
+    await alice.query("set", f"<query xmlns='{NS_MUC}#owner'><x xmlns='jabber:x:data' type='submit'>"
+                             "<field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query>", ROOM)
+    muc = srv.modules["muc"]
+    room = muc.rooms[ROOM]  # type: ignore[attr-defined]
+    room.last_active -= 30  # active half a minute ago: not idle yet
+    await asyncio.sleep(0.3)
+    assert room.by_full
+    room.last_active -= 60
+    gone = await alice.next(lambda el: presence(f"{ROOM}/Alice", "unavailable")(el) and 110 in codes(el),
+                            "alice removed from the idle room")
+    assert item(gone).findtext(q(NS_USER, "reason")) == "the room was closed for inactivity"
+    assert ROOM in muc.rooms  # type: ignore[attr-defined]
+    await joined(alice, "Alice")

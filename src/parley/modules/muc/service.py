@@ -86,6 +86,8 @@ NS_OCCUPANT_ID = "urn:xmpp:occupant-id:0"
 NS_HIDDEN = "urn:parley:muc:hidden:0"
 
 STARTUP_TIMEOUT = 15.0
+# How often idle persistent rooms are looked for (when [muc] room_idle_timeout is set).
+IDLE_SWEEP_PERIOD = 60.0
 SEARCH_FIELDS = ("name", "description", "subject")
 
 log = logging.getLogger("parley.muc")
@@ -231,7 +233,7 @@ class MucModule(Module):
     async def _close_idle_rooms(self) -> None:
         timeout = self.cfg.room_idle_timeout * 60
         while True:
-            await asyncio.sleep(min(60.0, timeout / 2))
+            await asyncio.sleep(min(IDLE_SWEEP_PERIOD, timeout / 2))
             now = time.time()
             for room in list(self.rooms.values()):
                 if room.persistent and room.by_full and now - room.last_active >= timeout:
