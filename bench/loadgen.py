@@ -29,9 +29,15 @@ __all__ = [
     "LoginResult",
     "MessageTracker",
     "PresenceTracker",
+    "RoomMessageTracker",
+    "RoomPresenceSink",
     "Target",
+    "iq_pattern",
     "login_many",
     "logout_all",
+    "muc_instant_room",
+    "muc_join",
+    "muc_leave",
     "now_us",
     "percentile",
 ]
@@ -648,3 +654,221 @@ def percentile(values: Sequence[float], p: float) -> float:
     s = sorted(values)
     k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
     return float(s[k])
+
+
+# --- group chat (XEP-0045) -------------------------------------------------------------
+
+NS_MUC = "http://jabber.org/protocol/muc"
+# The one status code that marks an occupant's own presence from the room (XEP-0045 §7.2.2,
+# and §7.14 on leaving): the join and leave phases look for it and for nothing else.
+_SELF_PRESENCE = re.compile(rb"code=['\"]110['\"]")
+_ERROR_MARKS = (b"type='error'", b'type="error"')
+_ERROR_LEN = len(_ERROR_MARKS[0])
+_PRESENCE_TAG = b"<presence"
+# Long enough that the start tag of a self-presence (with its from='room/nick') is still
+# in the buffer when its status code arrives in the next read.
+_MUC_TAIL = 4096
+
+
+def muc_join(room: str, nick: str) -> bytes:
+    """Join presence asking for no history (XEP-0045 §7.2.14); the subject still comes."""
+    return (f"<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x>"
+            "</presence>").encode()
+
+
+def muc_leave(room: str, nick: str) -> bytes:
+    return f"<presence to='{room}/{nick}' type='unavailable'/>".encode()
+
+
+def muc_instant_room(room: str, iq_id: str) -> bytes:
+    """The owner accepts the default configuration (an instant room, XEP-0045 §10.1.2)."""
+    return (f"<iq type='set' id='{iq_id}' to='{room}'><query xmlns='{NS_MUC}#owner'>"
+            "<x xmlns='jabber:x:data' type='submit'/></query></iq>").encode()
+
+
+def iq_pattern(iq_id: str) -> re.Pattern[bytes]:
+    return _iq_pattern(re.escape(iq_id.encode()))
+
+
+def _stanza_at(buf: bytes, at: int) -> bytes:
+    """The text of the stanza around ``at`` (for problem reports; rare)."""
+    start = max(buf.rfind(b"<presence", 0, at + 1), buf.rfind(b"<message", 0, at + 1), buf.rfind(b"<iq", 0, at + 1))
+    return buf[start if start >= 0 else max(0, at - 300):at + 400]
+
+
+@dataclass
+class RoomPresenceSink(Sink):
+    """The join or the leave phase of a room: of the presence the room sends (R² stanzas
+    for R joins), only each occupant's own presence is looked at, found by its status code
+    110 with one regular expression; everything else is counted (``<presence`` tags) and
+    dropped. ``on_self`` is called with the occupant's slot on its first self-presence;
+    an error from the room (a refused join) calls ``on_refused``."""
+
+    slots: dict[int, int]  # client idx -> occupant slot
+    nicks: Sequence[bytes]  # by slot
+    leaving: bool = False
+    on_self: Callable[[int], None] | None = None
+    on_refused: Callable[[int], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.seen = bytearray(len(self.nicks))
+        self.selves = 0
+        self.extra = 0  # self-presence beyond the first, or of the wrong kind for the phase
+        self.wrong_nick = 0
+        self.unverified = 0  # start tag no longer in the buffer
+        self.presence = 0
+        self.errors = 0
+        self.samples: list[str] = []
+
+    def feed(self, conn: Client, data: bytes) -> None:
+        tail = conn.tail
+        buf = tail + data if tail else data
+        # A tag split across two reads is counted once: search from where it could start.
+        self.presence += buf.count(_PRESENCE_TAG, max(0, len(tail) - len(_PRESENCE_TAG) + 1))
+        slot = self.slots.get(conn.idx, -1)
+        err_from = max(0, len(tail) - _ERROR_LEN + 1)
+        if _ERROR_MARKS[0] in buf or _ERROR_MARKS[1] in buf:
+            self._errors(conn, buf, err_from, slot)
+        last = 0
+        for m in _SELF_PRESENCE.finditer(buf):
+            last = m.end()
+            start = buf.rfind(_PRESENCE_TAG, 0, m.start())
+            if slot < 0:
+                self.wrong_nick += 1
+                self._sample(f"self-presence at u{conn.idx}, not an occupant", buf, m.start())
+                continue
+            if start < 0:
+                self.unverified += 1
+            else:
+                head = buf[start:buf.find(b">", start) + 1]
+                nick = self.nicks[slot]
+                if b"/" + nick + b"'" not in head and b"/" + nick + b'"' not in head:
+                    self.wrong_nick += 1
+                    self._sample(f"self-presence for {nick.decode()} names another nick", buf, m.start())
+                    continue
+                gone = b"type='unavailable'" in head or b'type="unavailable"' in head
+                if gone != self.leaving:
+                    self.extra += 1
+                    continue
+            if self.seen[slot]:
+                self.extra += 1
+                continue
+            self.seen[slot] = 1
+            self.selves += 1
+            if self.on_self is not None:
+                self.on_self(slot)
+        # Keep the last stanza's start (its status code may come in the next read), or
+        # else only enough for a pattern split across reads: most reads are one presence.
+        keep = len(buf) - 16
+        p = buf.rfind(_PRESENCE_TAG, max(last, len(buf) - _MUC_TAIL))
+        if 0 <= p < keep:
+            keep = p
+        conn.tail = buf[max(last, keep, 0):]
+        _check_end(conn, data)
+
+    def _errors(self, conn: Client, buf: bytes, start: int, slot: int) -> None:
+        for mark in _ERROR_MARKS:
+            at = buf.find(mark, start)
+            while at >= 0:
+                self.errors += 1
+                self._sample(f"error to u{conn.idx}", buf, at)
+                if slot >= 0 and self.on_refused is not None:
+                    self.on_refused(slot)
+                at = buf.find(mark, at + 1)
+
+    def _sample(self, what: str, buf: bytes, at: int) -> None:
+        if len(self.samples) < 5:
+            self.samples.append(f"{what}: {_stanza_at(buf, at).decode(errors='replace')}")
+
+
+@dataclass
+class RoomMessageTracker(Sink):
+    """Groupchat messages ``<body>NONCE.SEQ.MICROS</body>`` to a room of R occupants: each
+    sequence number must reach every occupant exactly once, the sender included (the room
+    echoes its message back). ``on_complete`` is called when a message has reached all R."""
+
+    capacity: int  # messages
+    slots: dict[int, int]  # client idx -> occupant slot
+    room: str
+    nonce: int = field(default_factory=lambda: secrets.randbelow(10**8))
+    on_complete: Callable[[int], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.n = len(self.slots)
+        self.seen = bytearray(self.capacity * self.n)
+        self.count = array("i", bytes(4 * self.capacity))
+        self.src = array("i", bytes(4 * self.capacity))
+        self.sent_at = array("q", bytes(8 * self.capacity))
+        self.sent = 0
+        self.delivered = 0
+        self.duplicates = 0
+        self.misrouted = 0
+        self.bounced = 0
+        self.foreign = 0
+        self.lat: array[int] = array("q")
+        self.deliver_at: array[int] = array("q")
+        self.samples: list[str] = []
+        self.prefix = b"%d." % self.nonce
+        self.pat = re.compile(rb"<body>" + self.prefix.replace(b".", rb"\.") + rb"(\d+)\.\d+</body>")
+        self.halves = (f"<message to='{self.room}' type='groupchat'><body>".encode() + self.prefix,
+                       b"</body></message>")
+
+    def make(self, src_slot: int) -> bytes:
+        seq = self.sent
+        if seq >= self.capacity:
+            raise OverflowError("room message tracker is full")
+        self.sent = seq + 1
+        self.src[seq] = src_slot
+        t = now_us()
+        self.sent_at[seq] = t
+        return self.halves[0] + b"%d.%d" % (seq, t) + self.halves[1]
+
+    def feed(self, conn: Client, data: bytes) -> None:
+        buf = conn.tail + data if conn.tail else data
+        now = now_us()
+        last = 0
+        n = self.n
+        seen, count, sent_at = self.seen, self.count, self.sent_at
+        slot = self.slots.get(conn.idx, -1)
+        check_errors = _ERROR_MARKS[0] in buf or _ERROR_MARKS[1] in buf
+        cb = self.on_complete
+        for m in self.pat.finditer(buf):
+            last = m.end()
+            seq = int(m.group(1))
+            if seq >= self.sent:
+                self.foreign += 1
+                continue
+            if check_errors:
+                start = buf.rfind(b"<message", 0, m.start())
+                head = buf[start:m.start()] if start >= 0 else b""
+                if _ERROR_MARKS[0] in head or _ERROR_MARKS[1] in head:
+                    self.bounced += 1
+                    self._sample(f"seq {seq} bounced to u{conn.idx}", buf, m.start())
+                    continue
+            if slot < 0:
+                self.misrouted += 1
+                self._sample(f"seq {seq} reached u{conn.idx}, not an occupant", buf, m.start())
+                continue
+            key = seq * n + slot
+            if seen[key]:
+                self.duplicates += 1
+                self._sample(f"seq {seq} again at u{conn.idx}", buf, m.start())
+                continue
+            seen[key] = 1
+            self.delivered += 1
+            self.lat.append(now - sent_at[seq])
+            self.deliver_at.append(now)
+            c = count[seq] + 1
+            count[seq] = c
+            if c == n and cb is not None:
+                cb(seq)
+        rest = len(buf) - last
+        conn.tail = buf[-_TAIL:] if rest > _TAIL else buf[last:]
+        _check_end(conn, data)
+
+    def _sample(self, what: str, buf: bytes, at: int) -> None:
+        if len(self.samples) < 5:
+            self.samples.append(f"{what}: {_stanza_at(buf, at).decode(errors='replace')}")
+
+    def missing(self) -> int:
+        return self.sent * self.n - sum(self.count[s] for s in range(self.sent))

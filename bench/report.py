@@ -39,6 +39,11 @@ def _scn(name: str, tls: bool, **kw: Any) -> Callable[[Scenario], bool]:
     return lambda s: s["scenario"] == name and s["tls"] == tls and all(s.get(k) == v for k, v in kw.items())
 
 
+def _muc_section(st: dict[str, Any]) -> str:
+    return (f"Group chat fan-out: {st.get('muc_occupants', 1000):,} occupants in one room, "
+            f"{st.get('muc_senders', 4)} senders x {st.get('muc_window', 4)} in flight")
+
+
 def _rows(meta: dict[str, Any]) -> list[Row]:
     st = meta["settings"]
     sizes = sorted(st["storm_sizes"])
@@ -87,6 +92,16 @@ def _rows(meta: dict[str, Any]) -> list[Row]:
                  Row(sec, tname, "server CPU per delivery", m, "server_cpu_us_per_delivery", "µs", "lower"),
                  Row(sec, tname, "latency p50", m, "latency_p50_ms", "ms", "lower"),
                  Row(sec, tname, "latency p99", m, "latency_p99_ms", "ms", "lower")]
+    for tls in (False, True):
+        tname = "TLS" if tls else "plaintext"
+        m = _scn("muc", tls)
+        sec = _muc_section(st)
+        rows += [Row(sec, tname, "copies delivered/s", m, "deliveries_per_s", "/s", "higher", "muc"),
+                 Row(sec, tname, "room messages/s", m, "room_msgs_per_s", "/s", "higher"),
+                 Row(sec, tname, "server CPU per delivered copy", m, "server_cpu_us_per_delivery", "µs", "lower"),
+                 Row(sec, tname, "latency p50", m, "latency_p50_ms", "ms", "lower"),
+                 Row(sec, tname, "latency p99", m, "latency_p99_ms", "ms", "lower"),
+                 Row(sec, tname, "all occupants joining", m, "join_s", "s", "lower")]
     return rows
 
 
@@ -105,6 +120,7 @@ def _headline(rows: list[Row], meta: dict[str, Any]) -> list[Row]:
              "server CPU per message"),
             (None, tname, "latency p99"),
             ("Presence fan-out: status changes to 20 online contacts", tname, "presence stanzas delivered/s"),
+            (_muc_section(meta["settings"]), tname, "copies delivered/s"),
             ("Idle memory", f"{big:,} connections, {tname}", "RSS per connection"),
         ]
     out = []
@@ -169,11 +185,11 @@ def _saturation_flags(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     for server, rs in runs.items():
         for r in rs:
             for s in r["scenarios"]:
-                if s["scenario"] not in ("saturation", "fanout"):
+                if s["scenario"] not in ("saturation", "fanout", "muc"):
                     continue
                 if s.get("server_cpu_share", 1) < 0.85:
                     what = (f"{s['pairs']} pairs x {s['window']}" if s["scenario"] == "saturation"
-                            else "fan-out")
+                            else f"{s['occupants']} occupants" if s["scenario"] == "muc" else "fan-out")
                     notes.append(f"{server} run {r['run']}, {s['scenario']} {what} "
                                  f"{'TLS' if s['tls'] else 'plaintext'}: server core {s['server_cpu_share']:.0%} busy, "
                                  f"load generator core {s.get('loadgen_cpu_share', 0):.0%}")
@@ -182,12 +198,13 @@ def _saturation_flags(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def _problems(runs: dict[str, list[dict[str, Any]]]) -> tuple[list[str], dict[str, int]]:
     out = []
-    checked = {"messages": 0, "presence": 0, "logins": 0}
+    checked = {"messages": 0, "presence": 0, "logins": 0, "room": 0}
     for server, rs in runs.items():
         for r in rs:
             for s in r["scenarios"]:
                 checked["messages"] += int(s.get("sent", 0)) if s["scenario"] in ("saturation", "fixed_rate") else 0
                 checked["presence"] += int(s.get("deliveries_total", 0)) if s["scenario"] == "fanout" else 0
+                checked["room"] += int(s.get("deliveries_total", 0)) if s["scenario"] == "muc" else 0
                 checked["logins"] += int(s.get("logged_in", 0)) if s["scenario"] == "login" else 0
                 for p in s.get("problems", []):
                     tag = s["scenario"] + (" TLS" if s.get("tls") else " plaintext")
@@ -213,6 +230,8 @@ def charts(rows: list[Row], runs: dict[str, list[dict[str, Any]]], out: Path) ->
         "sat_p99": ("One-to-one saturation: p99 latency (lower is better)", "ms"),
         "fixed": ("Fixed 1,000 msgs/s: latency p50 / p99 / max (lower is better)", "ms"),
         "fanout": ("Presence fan-out: presence stanzas delivered per second (higher is better)", "stanzas/s"),
+        "muc": ("Group chat fan-out: message copies delivered to occupants per second (higher is better)",
+                "copies/s"),
     }
     colours = {"Parley": "#3b6fb6", "Prosody": "#e07b39", "ejabberd": "#4a9a5b"}
     made = []
@@ -301,8 +320,10 @@ def write(results: Path, md_path: Path, chart_dir: Path) -> Path:
         L.append("**Some runs failed the exactly-once or sign-in checks; their figures are not trustworthy:**\n")
         L += [f"- {p}" for p in problems]
     else:
+        room = (f", {checked['presence']:,} presence deliveries and {checked['room']:,} group chat message copies"
+                if checked["room"] else f" and {checked['presence']:,} presence deliveries")
         L.append(f"Every run passed: {checked['logins']:,} sign-ins succeeded with the full roster, and each of "
-                 f"{checked['messages']:,} messages and {checked['presence']:,} presence deliveries arrived exactly "
+                 f"{checked['messages']:,} messages{room} arrived exactly "
                  "once at its addressee (no loss, no duplicate, no misrouting).")
     echo = {srv: any(sc.get("self_echoes", 0) for r in rs for sc in r["scenarios"] if sc["scenario"] == "fanout")
             for srv, rs in runs.items()}
@@ -392,6 +413,16 @@ _METHOD = """\
   changing status (next change when all 20 contacts got the previous one); each change must
   reach each of the 20 contacts exactly once. Copies a server sends back to the changer's own
   session are counted apart and left out of the figure (see Correctness for who sends them).
+- **Group chat fan-out**: with every user online, R of them join one room on each server's
+  chat service (`bench@conference.bench.test`, each with its own nickname; the first creates
+  it as an instant room); a join is done when the occupant got its own presence (status code
+  110) from the room. Then a few senders keep a few groupchat messages in flight each (the
+  next when the last reached all R); every message must reach every occupant exactly once,
+  the sender's own copy (the room's echo) included. Copies delivered per second count each
+  occupant's copy; room messages per second are that over R; server CPU is per delivered
+  copy; latency is per copy, from send to receipt. Afterwards every occupant leaves. The
+  presence of the joins and leaves (R² stanzas for R joins) is not part of any figure
+  except the time all joins took.
 - Medians of the runs with min–max; each run starts the server afresh on the same data, and
   the order of the servers rotates between runs. The machine is shared, so single runs are
   noisy; look at the spread before reading much into a small ratio.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import re
 import resource
 import ssl
 import time
@@ -17,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import loadgen as lg
-from bench.servers import DOMAIN, HOST, PORT, BenchServer, Population
+from bench.servers import (
+    DOMAIN,
+    HOST,
+    MUC_MAX_OCCUPANTS,
+    MUC_SERVICE,
+    PORT,
+    BenchServer,
+    Population,
+)
 
 Result = dict[str, Any]
 
@@ -44,6 +53,23 @@ class Settings:
     fanout_window: int = 1
     idle_s: float = 3.0
     settle_max_s: float = 30.0
+    # Group chat: R occupants in one room; S senders keep W groupchat messages in flight
+    # each (closed loop: the next when the last reached all R).
+    muc_occupants: int = 1000
+    # Joining 1,000 occupants takes each server a minute or two; TLS adds little to a
+    # room's fan-out, so the full comparison measures it over plaintext only.
+    muc_tls: bool = False
+    muc_senders: int = 4
+    muc_window: int = 4
+    muc_join_concurrency: int = 16
+    # Joining R occupants makes the room send R² presence stanzas (leaving, half that):
+    # each phase is given 60 s plus 200 µs per R² (260 s at 1,000; Prosody took 120 s on
+    # a busy machine), and stops early when no occupant has got its own presence for 20 s.
+    muc_phase_s: float = 60.0
+    muc_phase_us_per_presence: float = 200.0
+    muc_stall_s: float = 20.0
+    # A cap on copies delivered (messages times occupants).
+    muc_max_deliveries: int = 4_000_000
 
     @property
     def population(self) -> int:
@@ -51,7 +77,8 @@ class Settings:
 
 
 QUICK = Settings(storm_sizes=(500, 2000), plain_sizes=(500,), warmup_s=1.0, measure_s=3.0, fixed_s=4.0,
-                 shapes=((16, 16), (128, 4), (1000, 1)), fanout_changers=200, idle_s=2.0)
+                 shapes=((16, 16), (128, 4), (1000, 1)), fanout_changers=200, idle_s=2.0,
+                 muc_occupants=200, muc_tls=True)
 
 
 def _own_cpu() -> float:
@@ -330,6 +357,234 @@ class Bench:
             "self_echoes": tracker.echoes, "drain_s": drained, "problems": problems,
         }
 
+    # --- group chat fan-out -------------------------------------------------------------------
+
+    async def muc(self, clients: list[lg.Client], tls: bool) -> Result:
+        """R occupants join one room (the first creates it as an instant room), a few
+        senders keep groupchat messages in flight, each of which must reach all R exactly
+        once (the sender's own echo included), and then every occupant leaves again, so
+        that the room's presence never reaches another scenario."""
+        s = self.settings
+        room = f"bench@{MUC_SERVICE}"
+        r = min(s.muc_occupants, MUC_MAX_OCCUPANTS, len(clients))
+        occupants = clients[:r]
+        problems: list[str] = []
+        if r < s.muc_occupants:
+            problems.append(f"only {r} occupants, not {s.muc_occupants} (online {len(clients)}, "
+                            f"the servers' room limit {MUC_MAX_OCCUPANTS})")
+        res: Result = {"scenario": "muc", "tls": tls, "occupants": r, "room": room}
+        inside: list[int] = []
+        try:
+            join, inside = await self._room_phase(occupants, room, list(range(r)), False, problems)
+            res.update(join)
+            if len(inside) == r:
+                res.update(await self._room_messages(clients, occupants, room, problems))
+            else:
+                problems.append("no messages sent: not every occupant is in the room")
+        finally:
+            if inside:
+                leave, _ = await self._room_phase(occupants, room, inside, True, problems)
+                res.update(leave)
+            for c in clients:
+                c.sink = None
+                c.tail = b""
+        dead = [c for c in occupants if c.dead]
+        if dead:
+            problems.append(f"{len(dead)} connections closed: {dead[0].dead[:200]}")
+        res["problems"] = problems
+        return res
+
+    async def _room_phase(self, occupants: Sequence[lg.Client], room: str, which: list[int], leaving: bool,
+                          problems: list[str]) -> tuple[Result, list[int]]:
+        """Join (or leave) the occupants ``which`` (slots), at most ``muc_join_concurrency``
+        at a time; one is in (or out) when its own presence from the room (status code 110)
+        has come. On joining, the first creates the room alone. Returns the figures and the
+        slots that made it."""
+        s = self.settings
+        what = "leave" if leaving else "join"
+        slots = {c.idx: k for k, c in enumerate(occupants)}
+        nicks = [f"n{c.idx}" for c in occupants]
+        loop = asyncio.get_running_loop()
+        done: dict[int, asyncio.Future[bool]] = {k: loop.create_future() for k in which}
+
+        def finished(slot: int, ok: bool) -> None:
+            f = done.get(slot)
+            if f is not None and not f.done():
+                f.set_result(ok)
+
+        sink = lg.RoomPresenceSink(slots, [n.encode() for n in nicks], leaving,
+                                   on_self=lambda k: finished(k, True), on_refused=lambda k: finished(k, False))
+        for c in occupants:
+            c.tail = b""
+            c.sink = sink
+        n_presence = len(which) ** 2
+        # Joins and leaves alike are given the bound of R² stanzas.
+        deadline = s.muc_phase_s + s.muc_phase_us_per_presence * n_presence / 1e6
+        t0 = time.perf_counter()
+        cpu0 = self.server.cpu()
+        out: Result = {}
+        order = list(which)
+        sent: set[int] = set()
+        if not leaving and order:
+            # The creator alone, then its instant-room request (XEP-0045 §10.1.2; Parley and
+            # ejabberd open a new room at once anyway, Prosody is set not to lock it).
+            first = order.pop(0)
+            sent.add(first)
+            occupants[first].write(lg.muc_join(room, nicks[first]))
+            try:
+                ok = await asyncio.wait_for(asyncio.shield(done[first]), s.muc_stall_s)
+            except TimeoutError:
+                ok = False
+            if ok:
+                out["instant_room"] = await self._instant_room(occupants[first], room)
+                occupants[first].tail = b""
+                occupants[first].sink = sink
+            else:
+                problems.append("the first join did not create the room: "
+                                + (sink.samples[0] if sink.samples else f"no answer in {s.muc_stall_s:.0f} s"))
+                order = []
+        sem = asyncio.Semaphore(s.muc_join_concurrency)
+        last = [time.perf_counter()]
+
+        async def one(k: int) -> None:
+            async with sem:
+                sent.add(k)
+                occupants[k].write(lg.muc_leave(room, nicks[k]) if leaving else lg.muc_join(room, nicks[k]))
+                # Shielded: a phase that runs out keeps what each future says.
+                await asyncio.shield(done[k])
+                last[0] = time.perf_counter()
+
+        pending: set[asyncio.Future[None]] = {asyncio.ensure_future(one(k)) for k in order}
+        stopped = ""
+        while pending:
+            now = time.perf_counter()
+            if now - t0 > deadline:
+                stopped = f"the {deadline:.0f} s deadline"
+            elif now - last[0] > s.muc_stall_s:
+                stopped = f"no progress for {s.muc_stall_s:.0f} s"
+            elif any(c.dead for c in occupants):
+                stopped = "a closed connection"
+            if stopped:
+                break
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        wall = time.perf_counter() - t0
+        cpu = self.server.cpu() - cpu0
+        # An occupant's own presence may come before the copies of its presence to the
+        # others: the sink stays until the server is idle, so that they are counted here
+        # and reach no other sink.
+        settled = await self.settle()
+        for c in occupants:
+            c.sink = None
+            c.tail = b""
+        made = [k for k in which if done[k].done() and done[k].result()]
+        refused = sum(1 for k in which if done[k].done() and not done[k].result())
+        for f in done.values():
+            f.cancel()
+        if len(made) < len(which):
+            problems.append(f"{len(which) - len(made)} of {len(which)} occupants did not {what}: {refused} refused, "
+                            f"{len(sent) - len(made) - refused} unanswered, {len(which) - len(sent)} never sent"
+                            + (f" (stopped by {stopped} after {wall:.1f} s)" if stopped else ""))
+        if sink.wrong_nick:
+            problems.append(f"{sink.wrong_nick} self-presences in the {what} phase named another occupant")
+        problems += [f"{what}: {x}" for x in sink.samples]
+        out.update({
+            f"{what}_s": round(wall, 2), f"{what}_server_cpu_s": round(cpu, 3), f"{what}_settle_s": settled,
+            f"{what}_presence_received": sink.presence,
+            # For R joins the room sends each joiner everyone's presence and everyone the
+            # joiner's: R² stanzas; for R leaves, each leaver's to those still in: R(R+1)/2.
+            f"{what}_presence_expected": len(which) * (len(which) + 1) // 2 if leaving else n_presence,
+            f"{what}_self_extra": sink.extra, f"{what}_self_unverified": sink.unverified,
+            "left" if leaving else "joined": len(made), f"{what}_refused": refused,
+        })
+        if not leaving:
+            out["joins_per_s"] = round(len(made) / wall, 1) if wall else 0.0
+        return out, made
+
+    async def _instant_room(self, creator: lg.Client, room: str) -> str:
+        """The owner's empty configuration form; the answer's type (or what went wrong)."""
+        creator.sink = None
+        creator.buf = b""
+        # The waiter is in place before the request leaves: a signed-in client with no
+        # waiter drops what it receives, and the answer can come before a task would start.
+        fut: asyncio.Future[re.Match[bytes]] = asyncio.get_running_loop().create_future()
+        creator.waiter = (lg.iq_pattern("lg-mo"), fut)
+        creator.write(lg.muc_instant_room(room, "lg-mo"))
+        try:
+            m = await asyncio.wait_for(fut, self.settings.muc_stall_s)
+        except TimeoutError:
+            return f"no answer in {self.settings.muc_stall_s:.0f} s"
+        except lg.LoginError as e:
+            return f"no answer: {e}"
+        finally:
+            creator.waiter = None
+            creator.buf = b""
+        kind = lg._type_of(m.group(0)).decode()
+        return kind if kind == "result" else f"{kind}: {m.group(0)[:300].decode(errors='replace')}"
+
+    async def _room_messages(self, clients: list[lg.Client], occupants: Sequence[lg.Client], room: str,
+                             problems: list[str]) -> Result:
+        s = self.settings
+        r = len(occupants)
+        slots = {c.idx: k for k, c in enumerate(occupants)}
+        k = max(1, min(s.muc_senders, r))
+        senders = [occupants[i * r // k] for i in range(k)]
+        stop = False
+        flusher = lg.Flusher()
+        tracker = lg.RoomMessageTracker(max(k * s.muc_window, s.muc_max_deliveries // r), slots, room)
+
+        def on_complete(seq: int) -> None:
+            if stop or tracker.sent >= tracker.capacity:
+                return
+            src = tracker.src[seq]
+            flusher.queue(occupants[src], tracker.make(src))
+
+        tracker.on_complete = on_complete
+        # Everyone online listens, so that a copy reaching a non-occupant shows.
+        for c in clients:
+            c.tail = b""
+            c.sink = tracker
+        for c in senders:
+            for _ in range(s.muc_window):
+                flusher.queue(c, tracker.make(slots[c.idx]))
+        window_res = await self._measure()
+        stop = True
+        drained = await self._drain(lambda: tracker.missing() == 0, occupants)
+        for c in clients:
+            c.sink = None
+            c.tail = b""
+        t_a, t_b = window_res["t_from"], window_res["t_to"]
+        secs = (t_b - t_a) / 1e6
+        in_window = [i for i, t in enumerate(tracker.deliver_at) if t_a <= t < t_b]
+        delivered = len(in_window)
+        lat = [tracker.lat[i] for i in in_window]
+        missing = tracker.missing()
+        if missing:
+            incomplete = sum(1 for q in range(tracker.sent) if tracker.count[q] < r)
+            problems.append(f"{missing} of {tracker.sent * r} copies lost ({incomplete} of {tracker.sent} "
+                            "messages did not reach every occupant)")
+        if tracker.duplicates:
+            problems.append(f"{tracker.duplicates} copies duplicated")
+        if tracker.misrouted:
+            problems.append(f"{tracker.misrouted} copies reached a user who is not in the room")
+        if tracker.bounced:
+            problems.append(f"{tracker.bounced} messages refused by the server with an error")
+        problems += tracker.samples
+        return {
+            "senders": k, "window": s.muc_window, "in_flight": k * s.muc_window,
+            "messages": tracker.sent, "deliveries_total": tracker.delivered,
+            "deliveries_per_s": round(delivered / secs, 1),
+            "room_msgs_per_s": round(delivered / secs / r, 1),
+            "server_cpu_us_per_delivery": round(window_res["server_cpu_s"] / max(1, delivered) * 1e6, 2),
+            "server_cpu_share": round(window_res["server_cpu_s"] / secs, 3),
+            "loadgen_cpu_share": round(window_res["own_cpu_s"] / secs, 3),
+            "latency_p50_ms": _ms(lat, 50), "latency_p99_ms": _ms(lat, 99),
+            "drain_s": drained, "hit_count_bound": tracker.sent >= tracker.capacity,
+        }
+
     # --- everything, in order ----------------------------------------------------------------
 
     async def run_all(self, log: Callable[[str], None]) -> list[Result]:
@@ -367,6 +622,9 @@ class Bench:
                             record(await self.fixed_rate(clients, tls))
                             await self.settle()
                             record(await self.fanout(clients, tls))
+                            if s.muc_tls or not tls:
+                                await self.settle()
+                                record(await self.muc(clients, tls))
                     finally:
                         await lg.logout_all(clients)
         return out
@@ -374,7 +632,8 @@ class Bench:
 
 _BRIEF = {"clients", "mechanism", "logins_per_s", "login_p99_ms", "server_cpu_ms_per_login", "rss_mib",
           "rss_per_connection_kib", "pairs", "window", "msgs_per_s", "server_cpu_us_per_msg", "latency_p50_ms",
-          "latency_p99_ms", "latency_max_ms", "achieved_rate", "presence_per_s", "loadgen_cpu_share"}
+          "latency_p99_ms", "latency_max_ms", "achieved_rate", "presence_per_s", "loadgen_cpu_share",
+          "occupants", "joins_per_s", "deliveries_per_s", "room_msgs_per_s", "server_cpu_us_per_delivery"}
 
 
 def _message_problems(tracker: lg.MessageTracker, used: Sequence[lg.Client]) -> list[str]:

@@ -37,6 +37,11 @@ HOST = "127.0.0.1"
 PORT = 5322
 ITERATIONS = 4096
 CONTACTS_EACH_SIDE = 10
+# Group chat: every server's MUC service on this host, taking rooms of up to this many
+# occupants, with the room history kept small (it is not under test).
+MUC_SERVICE = f"conference.{DOMAIN}"
+MUC_MAX_OCCUPANTS = 1000
+MUC_HISTORY = 5
 SERVER_CPU = "0"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -333,6 +338,12 @@ class Parley(BenchServer):
         cfg["presence"] = {"max_contacts": 0, "max_watchers": 0}
         cfg["im"] = {"offline": True, "max_offline_per_user": 0}
         cfg["logging"] = {"level": "WARNING"}
+        if "muc" in _parley_sections():
+            # The chat service is on conference.<domain> by default and makes a room on
+            # first join; its default room size (50) would refuse the benchmark's room.
+            cfg["muc"] = {"enabled": True, "default_room_size": MUC_MAX_OCCUPANTS,
+                          "max_occupants": MUC_MAX_OCCUPANTS, "history_on_join": MUC_HISTORY,
+                          "max_history": MUC_HISTORY}
         if "archive" in _parley_sections():
             # Prosody and ejabberd run without a message archive (no mod_mam); so does Parley.
             cfg["archive"] = {"enabled": False}
@@ -428,6 +439,14 @@ storage = "internal"
 network_settings = {{ tcp_backlog = 1024 }}
 VirtualHost "{DOMAIN}"
     ssl = {{ certificate = "{w}/certs/server.pem"; key = "{w}/certs/server.key" }}
+-- Group chat: no occupant limit (mod_muc has none unless a limits module is loaded); rooms
+-- open at once (no locking until configured); small history.
+Component "{MUC_SERVICE}" "muc"
+    muc_room_locking = false
+    restrict_room_creation = false
+    max_history_messages = {MUC_HISTORY}
+    muc_room_default_history_length = {MUC_HISTORY}
+    muc_room_default_persistent = false
 """
 
     def command(self) -> list[str]:
@@ -521,12 +540,16 @@ listen:
     backlog: 1024
 shaper: {{}}
 shaper_rules: {{}}
-acl: {{}}
+acl:
+  local:
+    user_regexp: ""
 access_rules:
   c2s:
     allow: all
   register:
     deny: all
+  muc_create:
+    allow: local
 modules:
   mod_roster:
     versioning: true
@@ -534,6 +557,25 @@ modules:
   mod_disco: {{}}
   mod_ping: {{}}
   mod_admin_extra: {{}}
+  mod_muc:
+    hosts:
+      - {MUC_SERVICE}
+    access: all
+    access_create: muc_create
+    access_persistent: muc_create
+    access_admin: none
+    # Service-wide and per-room occupant limits (both default to 200); presence is
+    # broadcast up to max_users_presence occupants (default 1000), kept above the room.
+    max_users: {MUC_MAX_OCCUPANTS}
+    max_users_presence: {2 * MUC_MAX_OCCUPANTS}
+    history_size: {MUC_HISTORY}
+    min_message_interval: 0
+    min_presence_interval: 0
+    default_room_options:
+      max_users: {MUC_MAX_OCCUPANTS}
+      persistent: false
+      mam: false
+      allow_subscription: false
 """
 
     def command(self) -> list[str]:
@@ -551,5 +593,5 @@ modules:
 SERVERS: dict[str, type[BenchServer]] = {"parley": Parley, "prosody": Prosody, "ejabberd": Ejabberd}
 
 
-__all__ = ["DOMAIN", "HOST", "PORT", "SERVERS", "BenchServer", "Ejabberd", "Parley", "Population",
+__all__ = ["DOMAIN", "HOST", "MUC_MAX_OCCUPANTS", "MUC_SERVICE", "PORT", "SERVERS", "BenchServer", "Ejabberd", "Parley", "Population",
            "Prosody", "make_certificate"]
