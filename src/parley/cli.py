@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import secrets
@@ -17,7 +16,7 @@ from typing import Any, TypeVar
 import click
 import tomli_w
 
-from parley import __version__
+from parley import __version__, gcpolicy
 from parley.accounts import AccountError, derive_all, parse_user_jid, set_password
 from parley.certs import certificate_names, self_signed
 from parley.config import Config, ConfigError, from_dict, load
@@ -192,14 +191,11 @@ def serve_config(cfg: Config) -> None:
             fail(f"storage {cfg.storage.url} is unavailable: {e}")
         except OSError as e:
             fail(f"cannot start: {e}")
-        # What start-up made lives as long as the process: keep the collector from walking
-        # it again and again, and collect less often (sessions make many small objects),
-        # so latency has no collector pauses.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
+        gcpolicy.settle_after_start()
+        collector = asyncio.get_running_loop().create_task(gcpolicy.collect_on_a_clock())
         logging.getLogger("parley").info("Parley %s serving %s", __version__, ", ".join(sorted(server.hosts)))
         await stop.wait()
+        collector.cancel()
         logging.getLogger("parley").info("stopping")
         await server.stop()
 
@@ -242,6 +238,8 @@ def demo(directory: Path, domain: str) -> None:
     click.echo("  demo accounts (JID password):")
     for line in accounts.read_text().splitlines():
         click.echo(f"    {line}")
+    if cfg.muc.enabled and cfg.im.enabled:
+        click.echo(f"  group chat: rooms on {', '.join(cfg.muc.aliases(cfg.server))}")
     click.echo("  stop with Ctrl-C")
     serve_config(cfg)
 
