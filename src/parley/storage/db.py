@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,33 @@ class Database:
             self._reader.dispose()
 
 
+class Prepared:
+    """A read of the hot paths (sign-in), built once. On SQLite it runs on the driver's own
+    connection: SQLAlchemy's per-execution work (keying the statement, an execution
+    context, a result object) costs several times the query itself there. Rows keep
+    attribute access and SQLAlchemy's type conversions (booleans, for one)."""
+
+    def __init__(self, stmt: sa.Select[Any]):
+        self.stmt = stmt
+        self._sqlite: tuple[str, tuple[str, ...], type, list[Any]] | None = None
+
+    def compiled(self, dialect: sa.Dialect) -> tuple[str, tuple[str, ...], type, list[Any]]:
+        if self._sqlite is None:
+            comp = self.stmt.compile(dialect=dialect)
+            columns = list(self.stmt.selected_columns)
+            row = namedtuple("Row", [c.key for c in columns], rename=True)  # type: ignore[misc]
+            processors = [c.type.result_processor(dialect, None) for c in columns]
+            self._sqlite = (str(comp), tuple(comp.positiontup or ()), row, processors)
+        return self._sqlite
+
+
+async def fetch(c: Any, prepared: Prepared, params: dict[str, Any]) -> list[Any]:
+    """Every row of a prepared read on a connection from Database.connect()."""
+    if isinstance(c, _SyncRead):
+        return c.rows(prepared, params)
+    return list((await c.execute(prepared.stmt, params)).all())
+
+
 class _SyncRead:
     """The part of AsyncConnection that reads use, served synchronously (SQLite only)."""
 
@@ -139,6 +167,17 @@ class _SyncRead:
     async def run_sync(self, fn: Any, *args: Any) -> Any:
         assert self._conn is not None
         return fn(self._conn, *args)
+
+    def rows(self, prepared: Prepared, params: dict[str, Any]) -> list[Any]:
+        assert self._conn is not None
+        sql, names, row, processors = prepared.compiled(self._conn.dialect)
+        raw = self._conn.connection.driver_connection
+        assert raw is not None
+        found = raw.execute(sql, [params[n] for n in names]).fetchall()
+        if any(processors):
+            return [row(*(v if f is None or v is None else f(v) for f, v in zip(processors, r, strict=True)))
+                    for r in found]
+        return [row(*r) for r in found]
 
 
 def _sqlite_reader_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

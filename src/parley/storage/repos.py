@@ -6,12 +6,13 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from parley.storage import schema as t
-from parley.storage.db import Database
+from parley.storage.db import Database, Prepared, fetch
 from parley.xmpp.sasl import ScramCredentials
 
 MECHANISMS = ("SHA-1", "SHA-256")
@@ -102,7 +103,7 @@ class UserRepo:
 
     async def get(self, jid: str) -> UserRecord | None:
         async with self.db.connect() as c:
-            row = (await c.execute(_USER_Q, {"jid": jid})).first()
+            row = _first(await fetch(c, _USER_Q, {"jid": jid}))
         return UserRecord(row.jid, row.enabled, row.created_at) if row else None
 
     async def list(self, domain: str | None = None) -> list[UserRecord]:
@@ -119,28 +120,33 @@ class UserRepo:
     async def credentials(self, jid: str, mechanism: str) -> tuple[bool, ScramCredentials] | None:
         """(enabled, keys) for the user, or None when there is no such user."""
         async with self.db.connect() as c:
-            row = (await c.execute(_CREDENTIALS_Q, {"jid": jid, "mechanism": mechanism})).first()
+            row = _first(await fetch(c, _CREDENTIALS_Q, {"jid": jid, "mechanism": mechanism}))
         if row is None:
             return None
         return row.enabled, ScramCredentials(row.salt, row.iterations, row.stored_key, row.server_key)
 
 
+def _first(rows: list[Any]) -> Any:
+    return rows[0] if rows else None
+
+
 # Statements of the sign-in path, built once: building and keying a statement costs more
 # than running it on an embedded database.
-_USER_Q = sa.select(t.users).where(t.users.c.jid == sa.bindparam("jid"))
-_CREDENTIALS_Q = (
+_USER_Q = Prepared(sa.select(t.users).where(t.users.c.jid == sa.bindparam("jid")))
+_CREDENTIALS_Q = Prepared(
     sa.select(t.users.c.enabled, t.credentials)
     .join(t.credentials, t.credentials.c.jid == t.users.c.jid)
     .where(t.users.c.jid == sa.bindparam("jid"), t.credentials.c.mechanism == sa.bindparam("mechanism"))
 )
-_ROSTER_VERSION_Q = sa.select(t.roster_versions.c.version).where(t.roster_versions.c.owner == sa.bindparam("owner"))
-_ROSTER_Q = sa.select(t.roster).where(t.roster.c.owner == sa.bindparam("owner"))
-_OFFLINE_Q = (
+_ROSTER_VERSION_Q = Prepared(
+    sa.select(t.roster_versions.c.version).where(t.roster_versions.c.owner == sa.bindparam("owner")))
+_ROSTER_Q = Prepared(sa.select(t.roster).where(t.roster.c.owner == sa.bindparam("owner")))
+_OFFLINE_Q = Prepared(
     sa.select(t.offline_messages).where(t.offline_messages.c.owner == sa.bindparam("owner"))
     .order_by(t.offline_messages.c.id)
 )
-_POLICY_Q = sa.select(t.policy_entries).where(t.policy_entries.c.owner == sa.bindparam("owner"))
-_SETTINGS_Q = sa.select(t.user_settings).where(t.user_settings.c.owner == sa.bindparam("owner"))
+_POLICY_Q = Prepared(sa.select(t.policy_entries).where(t.policy_entries.c.owner == sa.bindparam("owner")))
+_SETTINGS_Q = Prepared(sa.select(t.user_settings).where(t.user_settings.c.owner == sa.bindparam("owner")))
 
 
 def _cred_rows(jid: str, creds: dict[str, ScramCredentials]) -> list[dict[str, object]]:
@@ -204,8 +210,9 @@ class RosterRepo:
 
     async def load(self, owner: str) -> tuple[int, dict[str, RosterItem]]:
         async with self.db.connect() as c:
-            ver = await c.scalar(_ROSTER_VERSION_Q, {"owner": owner})
-            res = await c.execute(_ROSTER_Q, {"owner": owner})
+            ver_row = _first(await fetch(c, _ROSTER_VERSION_Q, {"owner": owner}))
+            ver = ver_row[0] if ver_row else None
+            res = await fetch(c, _ROSTER_Q, {"owner": owner})
             items = {
                 r.contact: RosterItem(r.contact, r.name, r.subscription, r.ask, r.pending_in,
                                       r.pending_in_stanza, r.approved, r.visible, json.loads(r.groups))
@@ -300,7 +307,7 @@ class OfflineRepo:
     async def fetch(self, owner: str) -> list[OfflineMessage]:
         async with self.db.connect() as c:
             return [OfflineMessage(r.id, r.sender, r.stanza, r.created_at)
-                    for r in await c.execute(_OFFLINE_Q, {"owner": owner})]
+                    for r in await fetch(c, _OFFLINE_Q, {"owner": owner})]
 
     async def count(self, owner: str) -> int:
         async with self.db.connect() as c:
@@ -371,9 +378,9 @@ class PolicyRepo:
     async def load(self, owner: str) -> tuple[dict[str, set[str]], str | None, bool | None]:
         lists: dict[str, set[str]] = {"allow": set(), "block": set()}
         async with self.db.connect() as c:
-            for r in await c.execute(_POLICY_Q, {"owner": owner}):
+            for r in await fetch(c, _POLICY_Q, {"owner": owner}):
                 lists.setdefault(r.list, set()).add(r.target)
-            row = (await c.execute(_SETTINGS_Q, {"owner": owner})).first()
+            row = _first(await fetch(c, _SETTINGS_Q, {"owner": owner}))
         return lists, (row.default_policy if row else None), (row.auto_approve if row else None)
 
     async def add(self, owner: str, list_name: str, targets: Iterable[str]) -> None:
