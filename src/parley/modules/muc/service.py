@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from xml.etree.ElementTree import Element
 
+import sqlalchemy as sa
+
 from parley.module import Module, Refusal
 from parley.modules.mam import new_stanza_id, paging, parse_filter, query_form, stamp
 from parley.modules.muc import configform
@@ -992,7 +994,7 @@ class MucModule(Module):
                                                   backwards=backwards)
         except UnknownArchiveId as e:
             raise Refusal("item-not-found", f"there is no message {e.stanza_id!r} in the archive") from None
-        except (TimeoutError, StorageUnavailable, OSError) as e:
+        except (TimeoutError, StorageUnavailable, OSError, sa.exc.SQLAlchemyError) as e:
             raise Refusal("service-unavailable", f"the room archive cannot be read now ({_brief(e)})") from None
         queryid = payload.get("queryid")
         items = list(reversed(page.items)) if payload.find(q(NS_MAM, "flip-page")) is not None else page.items
