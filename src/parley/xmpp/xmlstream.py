@@ -740,6 +740,42 @@ def _write(el: Element, default_ns: str, prefixes: dict[str, str], out: list[str
     out.append("</" + qname + ">")
 
 
+class Presized(Element):
+    """A stanza that carries its own serialisation (the copies of one message that a
+    group chat room sends to each occupant: serialised once, `to` spliced in). The bytes
+    are used only while the stanza still has the attributes and number of children it had
+    when they were made, so a copy changed on the way is serialised afresh."""
+
+    __slots__ = ("wire", "wire_attrib", "wire_len")
+
+    wire: bytes
+    wire_attrib: dict[str, str]
+    wire_len: int
+
+
+class FanOut:
+    """Copies of one stanza for many recipients, differing only in `to`."""
+
+    MARK = "parley-fan-out-recipient"
+
+    def __init__(self, stanza: Element, ns: str = "jabber:client"):
+        self.stanza = stanza
+        probe = Element(stanza.tag, {**stanza.attrib, "to": self.MARK})
+        probe.text = stanza.text
+        probe.extend(stanza)
+        self.head, _, self.tail = serialize(probe, ns).partition(self.MARK.encode())
+
+    def copy_to(self, to: str) -> Presized:
+        attrib = {**self.stanza.attrib, "to": to}
+        out = Presized(self.stanza.tag, attrib)
+        out.text = self.stanza.text
+        out.extend(self.stanza)  # children are shared: nothing on the way changes one in place
+        out.wire = self.head + _esc_attr(to).encode("utf-8") + self.tail
+        out.wire_attrib = dict(attrib)
+        out.wire_len = len(self.stanza)
+        return out
+
+
 def serialize(el: Element, ns: str = "jabber:client") -> bytes:
     """Serialize a stanza for a stream whose default namespace is ``ns``.
 
@@ -753,6 +789,8 @@ def serialize(el: Element, ns: str = "jabber:client") -> bytes:
     instructions inside the tree are left out.  Invalid names raise
     ValueError.  Output is UTF-8.
     """
+    if type(el) is Presized and ns == "jabber:client" and el.attrib == el.wire_attrib and len(el) == el.wire_len:
+        return el.wire
     if el.tag is Comment or el.tag is ProcessingInstruction:
         raise TypeError("only elements can be serialized")
     out: list[str] = []

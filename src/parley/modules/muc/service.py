@@ -58,7 +58,7 @@ from parley.xmpp.stanza import (
     namespace,
     q,
 )
-from parley.xmpp.xmlstream import serialize
+from parley.xmpp.xmlstream import FanOut, serialize
 
 if TYPE_CHECKING:
     from parley.server import Server
@@ -579,12 +579,9 @@ class MucModule(Module):
             while len(room.history) > self.cfg.max_history:
                 room.history.popleft()
         room.last_active = now
+        copies = FanOut(out)
         for other in room.everyone():
-            # The copies share their children: nothing on the way changes a child in place.
-            m = Element(out.tag, dict(out.attrib))
-            m.extend(out)
-            m.set("to", str(other.jid))
-            await self._send(m)
+            await self._send(copies.copy_to(str(other.jid)))
 
     def _from_room(self, stanza: Element, room: Room, frm: str) -> Element:
         out = Element(stanza.tag, {k: v for k, v in stanza.attrib.items() if k not in ("from", "to")})
