@@ -318,3 +318,17 @@ async def test_idle_persistent_room_is_closed(make_server: ServerFactory, connec
     assert item(gone).findtext(q(NS_USER, "reason")) == "the room was closed for inactivity"
     assert ROOM in muc.rooms  # type: ignore[attr-defined]
     await joined(alice, "Alice")
+
+
+async def test_a_blocked_room_cannot_be_written_to(server: Server, connect: Connect) -> None:
+    """The block list (XEP-0191) covers the chat service too: a message to a blocked room is
+    refused with not-acceptable and <blocked/>, and a join goes nowhere."""
+    alice = await connect(server, ALICE)
+    await alice.query("set", f"<block xmlns='urn:xmpp:blocking'><item jid='{ROOM}'/></block>")
+    groupchat(alice, "anyone there?")
+    err = await alice.next(lambda el: local(el) == "message" and el.get("type") == "error", "the refusal")
+    assert error_condition(err) == "not-acceptable"
+    assert err.find(".//{urn:xmpp:blocking:errors}blocked") is not None
+    join(alice, "Alice")
+    await alice.mark()
+    assert ROOM not in server.modules["muc"].rooms  # type: ignore[attr-defined]

@@ -48,6 +48,9 @@ class PolicyModule(Module):
 
     async def start(self) -> None:
         self.hooks.add("stanza/in", self._filter, priority=100)
+        # Ahead of the chat service and components: a user cannot write to a blocked room
+        # or gateway either.
+        self.hooks.add("route/remote", self._filter_remote, priority=100)
         self.hooks.add(f"iq-get/bare/{NS_BLOCKING}", self._get_blocklist)
         self.hooks.add(f"iq-set/bare/{NS_BLOCKING}", self._set_block)
         self.server.signals.connect("session-binding", self._first_session)
@@ -132,6 +135,15 @@ class PolicyModule(Module):
                     self.router.bounce(ctx.stanza, "service-unavailable", None, ctx.origin)
                 return True
         return False
+
+    async def _filter_remote(self, ctx: Routed) -> bool:
+        origin = ctx.origin
+        if origin is None or not await self.is_blocked(origin.bare, ctx.to):
+            return False
+        if ctx.kind in ("message", "iq") and ctx.type not in ("error", "result"):
+            origin.send(error_reply(ctx.stanza, "not-acceptable", "you have blocked this address",
+                                    app=Element(q(NS_BLOCKING_ERRORS, "blocked"))))
+        return True
 
     async def _allowed(self, owner: str, other: JID) -> bool:
         pol = await self.get(owner)
