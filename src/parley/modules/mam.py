@@ -37,6 +37,7 @@ from parley.storage.archive import (
     ArchivedMessage,
     ArchiveEntry,
     ArchiveFilter,
+    ArchivePage,
     ArchivePrefs,
     ArchiveRepo,
     UnknownArchiveId,
@@ -348,26 +349,35 @@ class Mam(Module):
                                             backwards=backwards)
         except UnknownArchiveId as e:
             raise QueryError("item-not-found", f"there is no message {e.stanza_id!r} in the archive") from None
-        queryid = el.get("queryid")
-        items = list(reversed(page.items)) if el.find(q(NS_MAM, "flip-page")) is not None else page.items
-        for m in items:
-            session.send(self._result(m, session, queryid))
-        fin = make(NS_MAM, "fin", {"complete": "true" if page.complete else "false"})
-        rset = child(fin, NS_RSM, "set")
-        if page.items:
-            child(rset, NS_RSM, "first").text = page.items[0].stanza_id
-            child(rset, NS_RSM, "last").text = page.items[-1].stanza_id
-        child(rset, NS_RSM, "count").text = str(page.count)
-        session.send(iq_result(ctx.stanza, fin))
+        for m in page_order(el, page):
+            session.send(result_message(m, session.bare, str(session.jid), el.get("queryid")))
+        session.send(iq_result(ctx.stanza, fin_element(page)))
 
-    def _result(self, m: ArchivedMessage, session: Session, queryid: str | None) -> Element:
-        attrs = {"id": m.stanza_id}
-        if queryid is not None:
-            attrs["queryid"] = queryid
-        forwarded = make(NS_FORWARD, "forwarded", None, make(NS_DELAY, "delay", {"stamp": stamp(m.ts)}),
-                         from_stored(m.stanza))
-        return make(NS_CLIENT, "message", {"from": session.bare, "to": str(session.jid), "id": new_stanza_id()},
-                    make(NS_MAM, "result", attrs, forwarded))
+def page_order(query: Element, page: ArchivePage) -> list[ArchivedMessage]:
+    """The page's messages in the order the query asked for (XEP-0313 flip-page)."""
+    return list(reversed(page.items)) if query.find(q(NS_MAM, "flip-page")) is not None else page.items
+
+
+def result_message(m: ArchivedMessage, frm: str, to: str, queryid: str | None) -> Element:
+    """One archived message as a query result, from the archive's owner to the asker."""
+    attrs = {"id": m.stanza_id}
+    if queryid is not None:
+        attrs["queryid"] = queryid
+    forwarded = make(NS_FORWARD, "forwarded", None, make(NS_DELAY, "delay", {"stamp": stamp(m.ts)}),
+                     from_stored(m.stanza))
+    return make(NS_CLIENT, "message", {"from": frm, "to": to, "id": new_stanza_id()},
+                make(NS_MAM, "result", attrs, forwarded))
+
+
+def fin_element(page: ArchivePage) -> Element:
+    fin = make(NS_MAM, "fin", {"complete": "true" if page.complete else "false"})
+    rset = child(fin, NS_RSM, "set")
+    if page.items:
+        child(rset, NS_RSM, "first").text = page.items[0].stanza_id
+        child(rset, NS_RSM, "last").text = page.items[-1].stanza_id
+    child(rset, NS_RSM, "count").text = str(page.count)
+    return fin
+
 
 def query_form() -> Element:
     query = make(NS_MAM, "query")

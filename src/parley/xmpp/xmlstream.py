@@ -771,7 +771,7 @@ class FanOut:
         out.text = self.stanza.text
         out.extend(self.stanza)  # children are shared: nothing on the way changes one in place
         out.wire = self.head + _esc_attr(to).encode("utf-8") + self.tail
-        out.wire_attrib = dict(attrib)
+        out.wire_attrib = attrib  # the element keeps a copy of its own
         out.wire_len = len(self.stanza)
         return out
 

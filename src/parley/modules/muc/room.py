@@ -13,7 +13,7 @@ import hmac
 import secrets
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 from xml.etree.ElementTree import Element
 
@@ -90,8 +90,8 @@ class RoomSettings:
     @classmethod
     def restore(cls, cfg: MucSection, stored: dict[str, Any]) -> RoomSettings:
         """Stored settings with the locked ones put back to the service default."""
-        out = cls.defaults(cfg)
         default = cls.defaults(cfg)
+        out = replace(default)
         known = {f.name for f in fields(cls)}
         for key, value in stored.items():
             if key in known:

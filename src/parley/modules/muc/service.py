@@ -28,7 +28,15 @@ from xml.etree.ElementTree import Element
 import sqlalchemy as sa
 
 from parley.module import Module, Refusal
-from parley.modules.mam import new_stanza_id, paging, parse_filter, query_form, stamp
+from parley.modules.mam import (
+    fin_element,
+    new_stanza_id,
+    page_order,
+    paging,
+    parse_filter,
+    query_form,
+    result_message,
+)
 from parley.modules.muc import configform
 from parley.modules.muc.room import (
     AFFILIATIONS,
@@ -993,23 +1001,9 @@ class MucModule(Module):
             raise Refusal("item-not-found", f"there is no message {e.stanza_id!r} in the archive") from None
         except (TimeoutError, StorageUnavailable, OSError, sa.exc.SQLAlchemyError) as e:
             raise Refusal("service-unavailable", f"the room archive cannot be read now ({_brief(e)})") from None
-        queryid = payload.get("queryid")
-        items = list(reversed(page.items)) if payload.find(q(NS_MAM, "flip-page")) is not None else page.items
-        for m in items:
-            attrs = {"id": m.stanza_id}
-            if queryid is not None:
-                attrs["queryid"] = queryid
-            forwarded = make(NS_FORWARD, "forwarded", None, make(NS_DELAY, "delay", {"stamp": stamp(m.ts)}),
-                             from_stored(m.stanza))
-            await self._send(make(NS_CLIENT, "message", {"from": room.jid, "to": str(ctx.frm), "id": new_stanza_id()},
-                                  make(NS_MAM, "result", attrs, forwarded)))
-        fin = make(NS_MAM, "fin", {"complete": "true" if page.complete else "false"})
-        rset = child(fin, NS_RSM, "set")
-        if page.items:
-            child(rset, NS_RSM, "first").text = page.items[0].stanza_id
-            child(rset, NS_RSM, "last").text = page.items[-1].stanza_id
-        child(rset, NS_RSM, "count").text = str(page.count)
-        await self.reply(ctx, fin)
+        for m in page_order(payload, page):
+            await self._send(result_message(m, room.jid, str(ctx.frm), payload.get("queryid")))
+        await self.reply(ctx, fin_element(page))
 
     # --- admin (muc#admin) ---------------------------------------------------------------------
 
